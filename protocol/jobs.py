@@ -1,0 +1,103 @@
+"""The job description: what a host submits, what `cvgen render` runs, what a farm task carries.
+
+A job file (JSON) is this dataclass's `to_dict()`; hosts write it with nothing but this module,
+so the format lives here, beside the wire protocol, rather than in the server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+
+DEFAULT_COLORSPACE = "Linear Rec.709 (sRGB)"
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HASHES = re.compile(r"#+")
+_PRINTF = re.compile(r"%0?(\d*)d")
+
+
+def frame_path(template: str, frame: int) -> str:
+    """Expand a frame-sequence path: `plate.####.exr` and `plate.%04d.exr` both give `plate.1001.exr`."""
+    if _PRINTF.search(template):
+        return _PRINTF.sub(lambda m: f"{frame:0{int(m.group(1) or 1)}d}", template, count=1)
+    if _HASHES.search(template):
+        return _HASHES.sub(lambda m: f"{frame:0{len(m.group(0))}d}", template, count=1)
+    raise ProtocolError(f"path {template!r} has no frame number placeholder (#### or %04d)")
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id) or ".." in job_id:
+        raise ProtocolError(
+            f"job id {job_id!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return job_id
+
+
+@dataclass
+class JobSpec:
+    """One op over one frame range of one shot.
+
+    `inputs` maps a role (`plate`, `fg`, `matte`, `depth`) to a frame-sequence path; a job
+    submitted with inline pixels has them in the message instead, and the server fills these
+    paths in once it has stored the frames. `frames` is inclusive, in the host's numbering.
+    """
+
+    op: str
+    frames: tuple[int, int]
+    inputs: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    colorspace: str = DEFAULT_COLORSPACE
+    seed: int = 0
+    name: str = ""
+    output: str | None = None
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, str) or not self.op:
+            raise ProtocolError(f"op must be a non-empty string, got {self.op!r}")
+        try:
+            first, last = (int(v) for v in self.frames)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"frames must be [first, last], got {self.frames!r}") from None
+        if last < first:
+            raise ProtocolError(f"frame range {first}-{last} is empty: the last frame is before the first")
+        self.frames = (first, last)
+        if not isinstance(self.inputs, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.inputs.items()
+        ):
+            raise ProtocolError("inputs must map role names to frame-sequence paths")
+        if not isinstance(self.params, dict):
+            raise ProtocolError("params must be a mapping of parameter names to values")
+        if not isinstance(self.colorspace, str) or not self.colorspace:
+            raise ProtocolError(f"colorspace must be a colour space name, got {self.colorspace!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ProtocolError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.name, str) or re.search(r"[\\/\x00]", self.name):
+            raise ProtocolError(f"shot name {self.name!r} must be plain text without slashes")
+        if self.job_id is not None:
+            check_job_id(self.job_id)
+
+    @property
+    def frame_numbers(self) -> range:
+        return range(self.frames[0], self.frames[1] + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["frames"] = list(self.frames)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "JobSpec":
+        """Build from decoded JSON or msgpack; unknown keys are ignored for forward compatibility."""
+        if not isinstance(data, dict):
+            raise ProtocolError(f"a job must be a mapping, got {type(data).__name__}")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        missing = [k for k in ("op", "frames") if k not in known]
+        if missing:
+            raise ProtocolError(f"job is missing {', '.join(missing)}")
+        if not isinstance(known["frames"], (list, tuple)) or len(known["frames"]) != 2:
+            raise ProtocolError(f"frames must be [first, last], got {known['frames']!r}")
+        return cls(**known)

@@ -1,0 +1,1 @@
+"""The cvgen diffusion server: transport, job queue, ops and image I/O."""

@@ -1,0 +1,1 @@
+"""Image I/O: EXR through OpenImageIO, colour through OpenColorIO, video through PyAV."""
