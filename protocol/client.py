@@ -1,0 +1,231 @@
+"""A synchronous client for hosts: Blender and Nuke call this, nothing else.
+
+Every call has a timeout. While a job streams events the client checks, whenever the server
+has been quiet for `timeout` seconds, that it still answers (a `status` request); a dead
+server therefore surfaces as `ServerUnavailable`, never as a hang.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import zmq
+
+from .errors import JobCancelled, ProtocolError, ServerError, ServerUnavailable
+from .images import Image
+from .jobs import JobSpec
+from .messages import Message, decode, encode, image_from_wire, image_to_wire, make_header
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+@dataclass
+class Accepted:
+    job_id: str
+    frames: tuple[int, int]
+    done: int
+    output: str
+
+
+@dataclass
+class Progress:
+    job_id: str
+    frame: int
+    step: int
+    steps: int
+    fraction: float
+    eta_s: float | None
+
+
+@dataclass
+class FrameReady:
+    """A finished frame: always on disk at `path`; `image` holds the pixels when sent inline."""
+
+    job_id: str
+    frame: int
+    path: str
+    image: Image | None = None
+
+
+@dataclass
+class Done:
+    job_id: str
+    frames: dict[int, str] = field(default_factory=dict)
+    output: str = ""
+
+
+Event = Accepted | Progress | FrameReady | Done
+
+
+class Client:
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0,
+                 context: zmq.Context | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.session = uuid.uuid4().hex
+        self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.IDENTITY, self.session.encode())
+        self._socket.connect(address)
+        self._pending: dict[str, collections.deque[Message]] = {}
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """Server version, ops with their parameter schemas, devices and limits."""
+        return self._call("hello", {}).content
+
+    def status(self, job_id: str | None = None) -> dict[str, Any]:
+        return self._call("status", {"job_id": job_id} if job_id else {}, job_id).content
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self._call("jobs", {}).content.get("jobs", []))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("cancel", {"job_id": job_id}, job_id).content
+
+    def submit(self, job: JobSpec, inline: dict[str, dict[int, Image]] | None = None,
+               deliver: str = "path") -> "JobStream":
+        """Send a job; iterate the returned stream for its events until `Done`.
+
+        `inline` carries input frames as pixels (role -> frame -> Image) for a server that does
+        not share the host's file system; `deliver="inline"` asks for result pixels back too.
+        """
+        buffers: list[Any] = []
+        wire_inline = {
+            role: [{"frame": f, "image": image_to_wire(img, buffers)} for f, img in sorted(frames.items())]
+            for role, frames in (inline or {}).items()
+        }
+        content = {"job": job.to_dict(), "inline": wire_inline, "deliver": deliver}
+        msg_id = self._send("submit", content, buffers, job.job_id)
+        return JobStream(self, msg_id)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send(self, msg_type: str, content: dict[str, Any], buffers: list[Any] | None = None,
+              job_id: str | None = None) -> str:
+        header = make_header(msg_type, job_id, self.session)
+        msg = Message(msg_type, content, job_id, buffers=buffers or [], header=header)
+        frames = encode(msg)
+        self._pending[msg.msg_id] = collections.deque()
+        try:
+            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            del self._pending[msg.msg_id]
+            raise ServerUnavailable(f"cannot send to {self.address}: the connection is not ready") from None
+        return msg.msg_id
+
+    def _call(self, msg_type: str, content: dict[str, Any], job_id: str | None = None) -> Message:
+        msg_id = self._send(msg_type, content, job_id=job_id)
+        try:
+            answer = self._receive(msg_id, self.timeout)
+        finally:
+            self._pending.pop(msg_id, None)
+        if answer is None:
+            raise ServerUnavailable(
+                f"no answer from the cvgen server at {self.address} within {self.timeout:g} s; "
+                "is `cvgen serve` running there?"
+            )
+        if answer.msg_type == "error":
+            raise _error(answer)
+        return answer
+
+    def _receive(self, msg_id: str, timeout: float) -> Message | None:
+        """The next reply to request `msg_id`, or None after `timeout` seconds of silence."""
+        queue = self._pending[msg_id]
+        deadline = time.monotonic() + timeout
+        while not queue:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1):
+                if not queue and time.monotonic() >= deadline:
+                    return None
+                continue
+            try:
+                msg = decode(self._socket.recv_multipart(copy=False))
+            except ProtocolError:
+                continue
+            target = self._pending.get(msg.parent_id)
+            if target is not None:
+                target.append(msg)
+        return queue.popleft()
+
+
+def _error(msg: Message) -> ServerError:
+    code = str(msg.content.get("code", "internal"))
+    cls = JobCancelled if code == "cancelled" else ServerError
+    return cls(code, str(msg.content.get("message", "")), msg.job_id)
+
+
+class JobStream:
+    """The events of one submitted job, in order; raises `ServerError` if the job fails."""
+
+    def __init__(self, client: Client, msg_id: str) -> None:
+        self.client = client
+        self.msg_id = msg_id
+        self.job_id: str | None = None
+        self.finished = False
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        if self.finished:
+            raise StopIteration
+        msg = self._next_message()
+        if msg.job_id and not self.job_id:
+            self.job_id = msg.job_id
+        if msg.final:
+            self.finished = True
+            self.client._pending.pop(self.msg_id, None)
+            if msg.msg_type == "error":
+                raise _error(msg)
+        return _event(msg)
+
+    def _next_message(self) -> Message:
+        while True:
+            msg = self.client._receive(self.msg_id, self.client.timeout)
+            if msg is not None:
+                return msg
+            # Quiet for a whole timeout: a long step, a queue, or a dead server. Ask.
+            self.client.status(self.job_id)
+
+    def wait(self) -> Done:
+        """Consume events until the job is done; returns the final `Done`."""
+        last: Event | None = None
+        for last in self:
+            pass
+        assert isinstance(last, Done)
+        return last
+
+    def cancel(self) -> dict[str, Any]:
+        if not self.job_id:
+            raise ProtocolError("the job has not been accepted yet")
+        return self.client.cancel(self.job_id)
+
+
+def _event(msg: Message) -> Event:
+    c = msg.content
+    job_id = msg.job_id or ""
+    if msg.msg_type == "accepted":
+        return Accepted(job_id, (c["frames"][0], c["frames"][1]), int(c.get("done", 0)), str(c.get("output", "")))
+    if msg.msg_type == "progress":
+        return Progress(job_id, int(c["frame"]), int(c["step"]), int(c["steps"]), float(c["fraction"]), c.get("eta_s"))
+    if msg.msg_type == "frame":
+        image = image_from_wire(c["image"], msg.buffers) if msg.buffers else None
+        return FrameReady(job_id, int(c["frame"]), str(c["path"]), image)
+    if msg.msg_type == "done":
+        return Done(job_id, {int(f["frame"]): str(f["path"]) for f in c.get("frames", [])}, str(c.get("output", "")))
+    raise ProtocolError(f"unexpected {msg.msg_type!r} reply to a submit")

@@ -1,0 +1,154 @@
+"""`cvgen` command line: serve, render a job file, import footage, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from cvgen.protocol.errors import CvgenError, ProtocolError
+from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec
+
+log = logging.getLogger("cvgen")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CvgenError as exc:
+        print(f"cvgen: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cvgen: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server that hosts send jobs to")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                       help="ZeroMQ endpoint to listen on; port * picks a free one (default %(default)s)")
+    serve.add_argument("--jobs-dir", default="cvgen-jobs", help="folder for job folders (default ./%(default)s)")
+    serve.add_argument("--device", action="append", dest="devices",
+                       help="device to run jobs on (repeatable; default: every GPU, else the CPU)")
+    serve.set_defaults(func=cmd_serve)
+
+    render = sub.add_parser("render", help="run a job file in this process (what a farm task runs)")
+    render.add_argument("job", type=Path, help="job file (JSON)")
+    render.add_argument("--frames", help="sub-range A-B to render (a farm chunk); default the whole job")
+    render.add_argument("--output", type=Path, help="folder for the frames (default: the job's output, "
+                                                    "else JOBNAME-frames beside the job file)")
+    render.set_defaults(func=cmd_render)
+
+    imp = sub.add_parser("import", help="convert a .mp4/.mov to a scene-linear EXR sequence")
+    imp.add_argument("video", type=Path)
+    imp.add_argument("output", help="output path with a frame placeholder, e.g. plates/shot.####.exr")
+    imp.add_argument("--first-frame", type=int, default=1001, help="number of the first frame (default %(default)s)")
+    imp.add_argument("--count", type=int, help="number of frames to import (default all)")
+    imp.add_argument("--colorspace", default=DEFAULT_COLORSPACE, help="scene-linear space to write (default %(default)s)")
+    imp.set_defaults(func=cmd_import)
+
+    demo = sub.add_parser("demo", help="build a composite shot, run it through a real server, write EXRs and a preview")
+    demo.add_argument("--out", type=Path, default=Path("cvgen-demo"), help="output folder (default ./%(default)s)")
+    demo.add_argument("--frames", type=int, default=24, help="shot length (default %(default)s)")
+    demo.add_argument("--video", type=Path, help="footage to build the shot from (default: the shared sample clip)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service import Server
+
+    if not _is_loopback(args.bind):
+        log.warning("serving on %s WITHOUT encryption or authentication: anyone who can reach it can "
+                    "submit jobs and read results", args.bind)
+    server = Server(args.bind, args.jobs_dir, devices=args.devices)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"cvgen server listening on {server.endpoint} (jobs in {server.store.root}, "
+          f"devices {', '.join(server.devices)})", flush=True)
+    server.serve(stop)
+    print("cvgen server stopped", flush=True)
+    return 0
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+    return endpoint.startswith(("inproc://", "ipc://")) or host in ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def load_job_file(path: Path) -> JobSpec:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProtocolError(f"job file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(f"job file {path} is not readable JSON: {exc}") from None
+    return JobSpec.from_dict(data)
+
+
+def parse_frames(text: str) -> range:
+    match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", text)
+    if not match:
+        raise ProtocolError(f"--frames must look like 1001-1010 or 1001, not {text!r}")
+    a = int(match.group(1))
+    b = int(match.group(2)) if match.group(2) is not None else a
+    if b < a:
+        raise ProtocolError(f"--frames {text} is empty: the last frame is before the first")
+    return range(a, b + 1)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .jobs.runner import run_job
+
+    spec = load_job_file(args.job)
+    base = args.job.resolve().parent
+    output = args.output or (Path(spec.output) if spec.output else base / f"{args.job.stem}-frames")
+    if not output.is_absolute():
+        output = base / output
+    frames = parse_frames(args.frames) if args.frames else None
+
+    def on_frame(frame: int, path: Path, image: object) -> None:
+        print(f"frame {frame}: {path}", flush=True)
+
+    written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame)
+    print(f"rendered {len(written)} frame(s) into {output}", flush=True)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from cvgen.protocol.jobs import frame_path
+
+    from .io.exr import write_exr
+    from .io.video import read_video
+
+    count = 0
+    for count, image in enumerate(read_video(args.video, args.colorspace, count=args.count), start=1):
+        path = Path(frame_path(args.output, args.first_frame + count - 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_exr(path, image, dtype="float16")
+    print(f"imported {count} frame(s) from {args.video} to {args.output}", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.frames, args.video)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

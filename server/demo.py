@@ -1,0 +1,136 @@
+"""The demo: a composite shot made from real footage, sent through a real server, with a preview.
+
+It is what `make demo` runs on a fresh machine, so it needs nothing but the package: footage
+from the shared sample clip when present (a procedural shot otherwise), a `cvgen serve`
+subprocess on a free loopback port, and the same client a host uses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from cvgen.protocol.client import Client, FrameReady, Progress
+from cvgen.protocol.errors import CvgenError
+from cvgen.protocol.images import Image
+from cvgen.protocol.jobs import JobSpec
+
+from .io.exr import read_exr, write_exr
+from .io.preview import contact_sheet
+from .io.video import read_video
+
+FIRST_FRAME = 1001
+SAMPLE_CLIP = Path("shared") / "data" / "video" / "woman-running.mp4"
+
+
+def find_sample_clip() -> Path | None:
+    """The shared sample clip beside the checkout or the working directory, if it is there."""
+    candidates = [Path(os.environ["CVGEN_DEMO_VIDEO"])] if os.environ.get("CVGEN_DEMO_VIDEO") else []
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidates += [root / ".." / SAMPLE_CLIP, root / SAMPLE_CLIP]
+    return next((p.resolve() for p in candidates if p.is_file()), None)
+
+
+def plate_frames(video: Path | None, count: int) -> Iterator[Image]:
+    if video is not None:
+        yield from read_video(video, count=count)
+        return
+    h, w = 256, 384
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(count):
+        sky = 0.6 * np.exp(-y / h)[..., None] * np.array([0.55, 0.7, 1.0], np.float32)
+        ground = (y > h * 0.6)[..., None] * (0.08 + 0.04 * np.sin((x + 6 * i) / 9.0))[..., None]
+        rgb = sky + ground * np.array([0.6, 0.5, 0.3], np.float32)
+        yield Image(np.dstack([rgb, np.ones((h, w), np.float32)]), ("R", "G", "B", "A"))
+
+
+def foreground(plate: Image, source: Image, index: int, count: int) -> Image:
+    """An element that does not belong: footage from elsewhere in the clip, mirrored, graded
+    warm and a stop hot, under a soft elliptical matte that drifts across the frame."""
+    h, w = plate.height, plate.width
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx = w * (0.3 + 0.4 * index / max(count - 1, 1))
+    r = ((x - cx) / (0.2 * w)) ** 2 + ((y - 0.55 * h) / (0.3 * h)) ** 2
+    alpha = np.clip((1.0 - r) * 4.0, 0.0, 1.0)
+    rgb = source.stack(("R", "G", "B"))[:, ::-1] * np.array([2.2, 1.7, 1.1], np.float32)
+    return Image(np.dstack([rgb * alpha[..., None], alpha]).astype(np.float16), ("R", "G", "B", "A"))
+
+
+def composite(plate: Image, fg: Image) -> Image:
+    alpha = fg.channel("A").astype(np.float32)[..., None]
+    rgb = fg.stack(("R", "G", "B")) + (1 - alpha) * plate.stack(("R", "G", "B"))
+    return Image(rgb, ("R", "G", "B"))
+
+
+def build_shot(folder: Path, video: Path | None, count: int) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    plates = list(plate_frames(video, count + 60))
+    if len(plates) < count:
+        raise CvgenError(f"{video} has only {len(plates)} frames; the demo needs {count}")
+    for i in range(count):
+        source = plates[min(i + 60, len(plates) - 1)]
+        plate = Image(plates[i].pixels.astype(np.float16), plates[i].channels)
+        write_exr(folder / f"plate.{FIRST_FRAME + i:04d}.exr", plate)
+        write_exr(folder / f"fg.{FIRST_FRAME + i:04d}.exr", foreground(plate, source, i, count))
+    return {"plate": str(folder / "plate.####.exr"), "fg": str(folder / "fg.####.exr")}
+
+
+def start_server(jobs_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*", "--jobs-dir", str(jobs_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise CvgenError(f"the demo server did not start: {line.strip() or 'no output'}")
+    return proc, line.split("listening on ", 1)[1].split()[0]
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_demo(out: Path, count: int, video: Path | None = None) -> None:
+    out = out.resolve()
+    video = video or find_sample_clip()
+    print(f"building a {count}-frame composite shot from {video or 'a procedural plate (sample clip not found)'}")
+    inputs = build_shot(out / "inputs", video, count)
+    proc, endpoint = start_server(out / "jobs")
+    try:
+        with Client(endpoint, timeout=30) as client:
+            info = client.hello()
+            print(f"server {info['server_version']} at {endpoint}: ops {', '.join(o['name'] for o in info['ops'])}")
+            job = JobSpec("colormatch", (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, name="demo",
+                          output=str(out / "colormatch"))
+            started = time.monotonic()
+            for event in client.submit(job):
+                if isinstance(event, Progress):
+                    print(f"\r  colormatch {event.fraction:6.1%}", end="", flush=True)
+                elif isinstance(event, FrameReady):
+                    last = event.path
+            print(f"\r  colormatch done: {count} frames in {time.monotonic() - started:.1f} s, last {last}")
+    finally:
+        stop_server(proc)
+    rows = []
+    for i in np.linspace(0, count - 1, num=min(4, count)).astype(int):
+        frame = FIRST_FRAME + int(i)
+        plate = read_exr(inputs["plate"].replace("####", f"{frame:04d}"))
+        fg = read_exr(inputs["fg"].replace("####", f"{frame:04d}"))
+        rows.append([composite(plate, fg), read_exr(out / "colormatch" / f"demo.{frame:04d}.exr")])
+    contact_sheet(rows, out / "preview.png")
+    print(f"results:  {out / 'colormatch'}/demo.####.exr ({count} frames, scene-linear Rec.709, half)")
+    print(f"preview:  {out / 'preview.png'} (left: input composite, right: colormatch)")
+    print(f"job data: {out / 'jobs'}")

@@ -1,0 +1,119 @@
+"""Run one job: check it, work out which frames are left, run the op, write each frame atomically.
+
+Shared by the server's workers and `cvgen render`, so a farm node and an artist's server
+produce the same files from the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cvgen.protocol.errors import ProtocolError
+from cvgen.protocol.images import Image
+from cvgen.protocol.jobs import JobSpec
+
+from .. import __version__
+from ..errors import InputError
+from ..io.color import check_colorspace
+from ..io.exr import write_exr
+from ..ops import get_op
+from ..ops.base import OpContext, OpSpec
+from .shot import FileShot
+from .store import output_name
+
+
+@dataclass
+class CheckedJob:
+    op: OpSpec
+    params: dict[str, Any]
+    colorspace: str
+
+
+def check_job(spec: JobSpec, inline_roles: Iterable[str] = ()) -> CheckedJob:
+    """Everything that can be known wrong about a job before any frame is read."""
+    op = get_op(spec.op)
+    params = op.resolve_params(spec.params)
+    colorspace = check_colorspace(spec.colorspace)
+    given = set(spec.inputs) | set(inline_roles)
+    allowed = set(op.inputs) | set(op.optional_inputs)
+    unknown = sorted(given - allowed)
+    if unknown:
+        raise ProtocolError(f"{op.name} takes inputs {', '.join(sorted(allowed))}, not {', '.join(unknown)}")
+    missing = [r for r in op.inputs if r not in given]
+    if missing:
+        raise ProtocolError(f"{op.name} needs a {' and a '.join(missing)} input")
+    return CheckedJob(op, params, colorspace)
+
+
+class ProgressClock:
+    """Turns per-step reports into a job fraction and an ETA from the rate so far."""
+
+    def __init__(self, todo: list[int]) -> None:
+        self.index = {f: i for i, f in enumerate(todo)}
+        self.total = max(len(todo), 1)
+        self.start = time.monotonic()
+        self.fraction = 0.0
+
+    def update(self, frame: int, step: int, steps: int) -> dict[str, Any]:
+        within = min(max(step / steps, 0.0), 1.0) if steps > 0 else 0.0
+        self.fraction = max(self.fraction, (self.index.get(frame, 0) + within) / self.total)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (1 - self.fraction) / self.fraction if self.fraction > 0 else None
+        return {"frame": frame, "step": step, "steps": steps, "fraction": self.fraction, "eta_s": eta}
+
+
+def run_job(
+    spec: JobSpec,
+    output_dir: Path,
+    *,
+    base: Path | None = None,
+    frames: Iterable[int] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] = lambda p: None,
+    on_frame: Callable[[int, Path, Image], None] = lambda f, p, i: None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> list[int]:
+    """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
+
+    `frames` narrows the work to a sub-range (a farm chunk); relative input paths are taken
+    from `base` (the job file's folder).
+    """
+    checked = check_job(spec)
+    wanted = list(frames) if frames is not None else list(spec.frame_numbers)
+    outside = [f for f in wanted if f not in spec.frame_numbers]
+    if outside:
+        raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
+    shot = FileShot(spec.inputs, spec.frame_numbers, base)
+    shot.check_complete()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    todo = [f for f in wanted if not (output_dir / output_name(spec, f)).exists()]
+    if not todo:
+        return []
+    clock = ProgressClock(todo)
+    ctx = OpContext(
+        todo=todo,
+        colorspace=checked.colorspace,
+        seed=spec.seed,
+        on_step=lambda f, s, n: on_progress(clock.update(f, s, n)),
+        is_cancelled=is_cancelled,
+    )
+    provenance = {
+        "op": spec.op,
+        "params": json.dumps(checked.params, sort_keys=True),
+        "seed": str(spec.seed),
+        "colorspace": checked.colorspace,
+        "version": __version__,
+        "job": spec.job_id or "",
+    }
+    written = []
+    for frame, image in checked.op.run(shot, checked.params, ctx):
+        if frame not in clock.index:
+            raise InputError(f"op {spec.op} produced frame {frame}, which was not asked for")
+        path = output_dir / output_name(spec, frame)
+        write_exr(path, image, provenance=provenance)
+        written.append(frame)
+        on_frame(frame, path, image)
+    return written

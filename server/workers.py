@@ -1,0 +1,138 @@
+"""GPU (or CPU) workers: one thread per device, each running one job at a time from a shared FIFO.
+
+Workers never touch the ROUTER socket; they hand every event to the transport thread through
+their own inproc PUSH socket, so each ZeroMQ socket is used by exactly one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from cvgen.protocol.errors import CvgenError
+from cvgen.protocol.images import Image
+from cvgen.protocol.messages import Message, encode
+
+from .errors import Cancelled
+from .io.exr import write_exr
+from .jobs.runner import run_job
+from .jobs.store import JobRecord
+
+log = logging.getLogger("cvgen.server")
+
+
+@dataclass
+class ActiveJob:
+    """A job the server holds in memory while it is queued or running."""
+
+    record: JobRecord
+    inline: dict[str, dict[int, Image]] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: bool = False
+    state: str = "queued"
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+
+class Worker(threading.Thread):
+    def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
+                 events_endpoint: str, stopping: threading.Event) -> None:
+        super().__init__(name=f"cvgen-worker-{device}", daemon=True)
+        self.device = device
+        self.jobs = jobs
+        self.context = context
+        self.events_endpoint = events_endpoint
+        self.stopping = stopping
+
+    def run(self) -> None:
+        push = self.context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(self.events_endpoint)
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    break
+                with job.lock:
+                    if job.cancel.is_set():
+                        continue
+                    job.started = True
+                self._run(job, push)
+        finally:
+            push.close()
+
+    def _emit(self, push: zmq.Socket, job: ActiveJob, msg_type: str, content: dict[str, Any],
+              buffers: list | None = None) -> None:
+        push.send_multipart(encode(Message(msg_type, content, job.job_id, buffers=buffers or [])), copy=False)
+
+    def _run(self, job: ActiveJob, push: zmq.Socket) -> None:
+        record = job.record
+        job.state = "running"
+        record.set_state("running", device=self.device)
+        try:
+            if job.inline:
+                stage_inline_inputs(record, job.inline)
+                job.inline = None
+
+            def on_progress(p: dict[str, Any]) -> None:
+                job.progress = p
+                self._emit(push, job, "progress", p)
+
+            def on_frame(frame: int, path: Path, image: Image) -> None:
+                content = {"frame": frame, "path": str(path), "image": {**image.describe(), "buffer": 0}}
+                self._emit(push, job, "frame", content, [image.pixels])
+
+            run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
+                    is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set())
+        except Cancelled:
+            if job.cancel.is_set():
+                self._finish(push, job, "cancelled", "cancelled", "the job was cancelled; finished frames are kept")
+            else:
+                job.state = "queued"
+                record.set_state("queued")
+                self._emit(push, job, "error", {"code": "cancelled",
+                           "message": "the server is shutting down; the job resumes when it starts again"})
+            return
+        except CvgenError as exc:
+            self._finish(push, job, "failed", exc.code, str(exc))
+            return
+        except MemoryError:
+            self._finish(push, job, "failed", "out_of_memory", "the job ran out of memory")
+            return
+        except Exception as exc:
+            log.exception("job %s failed", job.job_id)
+            self._finish(push, job, "failed", "internal", f"unexpected {type(exc).__name__}: {exc}")
+            return
+        job.state = "done"
+        frames = [{"frame": f, "path": str(record.frame_file(f))} for f in record.spec.frame_numbers]
+        record.set_state("done")
+        self._emit(push, job, "done", {"frames": frames, "output": str(record.output_dir)})
+
+    def _finish(self, push: zmq.Socket, job: ActiveJob, state: str, code: str, message: str) -> None:
+        job.state = state
+        job.record.set_state(state, code=code, message=message)
+        self._emit(push, job, "error", {"code": code, "message": message})
+
+
+def stage_inline_inputs(record: JobRecord, inline: dict[str, dict[int, Image]]) -> None:
+    """Store pixels that arrived in the request as EXRs in the job folder.
+
+    The job then reads its inputs from files like any other, and it can resume after a crash
+    without the host sending the frames again.
+    """
+    record.inputs_dir.mkdir(exist_ok=True)
+    for role, frames in inline.items():
+        for frame, image in frames.items():
+            write_exr(record.inputs_dir / f"{role}.{frame:04d}.exr", image)
+        record.spec.inputs[role] = str(record.inputs_dir / f"{role}.####.exr")
+    record.save_spec()
