@@ -1,0 +1,60 @@
+"""Helpers for tests: real `cvgen serve` subprocesses and small EXR shots on disk."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cvgen.protocol.images import Image
+from cvgen.server.io.exr import write_exr
+
+
+class ServerProcess:
+    """A `cvgen serve` subprocess on a free loopback port."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+
+    def start(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
+             "--jobs-dir", str(self.jobs_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.endpoint = line.split("listening on ", 1)[1].split()[0]
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        return rc
+
+
+def make_shot(folder: Path, frames: range, size: tuple[int, int] = (48, 64), seed: int = 0) -> dict[str, str]:
+    """A small plate + foreground sequence on disk: a plate with HDR highlights and a
+    warm, bright foreground under a soft disc matte (its alpha)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in frames:
+        plate = rng.uniform(0.02, 0.5, (h, w, 3)).astype(np.float32)
+        plate[0, 0] = 40.0
+        alpha = np.clip(1.2 - np.hypot(x - w / 2, y - h / 2) / (0.3 * min(h, w)), 0, 1)
+        fg = rng.uniform(0.5, 2.0, (h, w, 3)).astype(np.float32) * alpha[..., None]
+        write_exr(folder / f"plate.{f:04d}.exr", Image(np.dstack([plate, np.ones((h, w))]).astype(np.float16),
+                                                    ("R", "G", "B", "A")))
+        write_exr(folder / f"fg.{f:04d}.exr", Image(np.dstack([fg, alpha]).astype(np.float16), ("R", "G", "B", "A")))
+    return {"plate": str(folder / "plate.####.exr"), "fg": str(folder / "fg.####.exr")}
+
