@@ -20,7 +20,7 @@ import numpy as np
 from cvgen.protocol.client import Client, FrameReady, Progress
 from cvgen.protocol.errors import CvgenError
 from cvgen.protocol.images import Image
-from cvgen.protocol.jobs import JobSpec
+from cvgen.protocol.jobs import JobSpec, frame_path
 
 from .io.exr import read_exr, write_exr
 from .io.preview import contact_sheet
@@ -116,6 +116,7 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
             job = JobSpec("colormatch", (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, name="demo",
                           output=str(out / "colormatch"))
             started = time.monotonic()
+            last = ""
             for event in client.submit(job):
                 if isinstance(event, Progress):
                     print(f"\r  colormatch {event.fraction:6.1%}", end="", flush=True)
@@ -127,8 +128,8 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
     rows = []
     for i in np.linspace(0, count - 1, num=min(4, count)).astype(int):
         frame = FIRST_FRAME + int(i)
-        plate = read_exr(inputs["plate"].replace("####", f"{frame:04d}"))
-        fg = read_exr(inputs["fg"].replace("####", f"{frame:04d}"))
+        plate = read_exr(frame_path(inputs["plate"], frame))
+        fg = read_exr(frame_path(inputs["fg"], frame))
         rows.append([composite(plate, fg), read_exr(out / "colormatch" / f"demo.{frame:04d}.exr")])
     contact_sheet(rows, out / "preview.png")
     print(f"results:  {out / 'colormatch'}/demo.####.exr ({count} frames, scene-linear Rec.709, half)")

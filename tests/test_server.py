@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from cvgen.protocol import JobCancelled, JobSpec, ServerError
+from cvgen.protocol import JobCancelled, JobSpec, ServerError, frame_path
 from cvgen.protocol.client import Accepted, Client, Done, FrameReady, Progress
 from cvgen.protocol.messages import PROTOCOL_VERSION
 from cvgen.server.io.exr import read_exr
@@ -68,14 +68,14 @@ def test_two_clients_at_once_each_get_their_own_frames(server, tmp_path):
         for e in frames:
             assert Path(e.path).name == f"shot{i}.{e.frame:04d}.exr"
             out = read_exr(e.path)
-            plate = read_exr(shots[i]["plate"].replace("####", str(e.frame)))
+            plate = read_exr(frame_path(shots[i]["plate"], e.frame))
             assert out.pixels.shape == plate.pixels.shape
         assert events[-1].frames == {e.frame: e.path for e in frames}
 
 
 def test_inline_frames_in_and_out(server, tmp_path):
     shot = make_shot(tmp_path / "shot", range(1, 3))
-    inline = {role: {f: read_exr(path.replace("####", f"{f:04d}")) for f in (1, 2)} for role, path in shot.items()}
+    inline = {role: {f: read_exr(frame_path(path, f)) for f in (1, 2)} for role, path in shot.items()}
     with Client(server.endpoint, timeout=30) as client:
         events = list(client.submit(JobSpec("colormatch", (1, 2)), inline=inline, deliver="inline"))
     frames = [e for e in events if isinstance(e, FrameReady)]

@@ -1,0 +1,323 @@
+"""OpenEXR frames in and out through OpenImageIO, keeping what compositors rely on.
+
+Reading takes part 0 of a file (the first part of a multipart EXR) with its channels in their
+own pixel type, its data and display windows, pixel aspect and metadata, so that a plate
+written back by cvgen lines up with the original in Nuke or Blender. Damaged files are common
+on farms (a render killed mid-frame, a filer hiccup): every way a file can be bad ends in an
+`InputError` that names the file, never in a crash or a traceback.
+
+Writing is atomic (a hidden temp file in the destination folder, then a rename), so a crash
+never leaves half a frame where a host or a restarted job would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import OpenImageIO as oiio
+
+from cvgen.protocol.images import Image
+
+from ..errors import InputError
+
+#: Compressions cvgen writes: lossless zip/zips/piz and lossy dwaa. Blender cannot read
+#: htj2k or zstd EXRs, and the other legacy codecs gain nothing over these.
+WRITE_COMPRESSIONS = ("zip", "zips", "piz", "dwaa")
+
+#: Larger headers are treated as damage: real plates are far smaller, and trusting a
+#: corrupted header would make us allocate tens of gigabytes before noticing.
+MAX_SIDE = 65536
+MAX_SAMPLES = 2**31
+
+_MAGIC = b"\x76\x2f\x31\x01"
+_EXR_SUFFIXES = (".exr", ".sxr", ".mxr")
+_NATIVE_TYPES = {"half": oiio.TypeHalf, "float": oiio.TypeFloat, "uint": oiio.TypeUInt}
+_WRITE_TYPES = {"half": "half", "float16": "half", "float": "float", "float32": "float"}
+
+# File-structure facts OpenImageIO reports as attributes: not metadata of the picture.
+_SKIP_PREFIXES = ("oiio:", "openexr:", "thumbnail_")
+# Attributes write_exr sets from its own arguments and fields.
+_OWN_ATTRIBUTES = ("compression", "PixelAspectRatio")
+# EXR attribute types that a plain list of numbers cannot tell apart from others.
+_TYPED_ATTRIBUTES = {
+    "smpte:TimeCode": oiio.TypeTimeCode,
+    "smpte:KeyCode": oiio.TypeKeyCode,
+    "FramesPerSecond": oiio.TypeRational,
+}
+
+
+def read_exr(path: str | os.PathLike[str]) -> Image:
+    """Part 0 of an EXR file as an `Image`; half stays float16, float stays float32.
+
+    Files with channels of mixed pixel types, or with uint channels (object ids), come back
+    as float32 with the values unchanged.
+    """
+    shown = os.fspath(path)
+    _check_signature(shown)
+    try:
+        with _exr_name(Path(shown)) as name:
+            inp = oiio.ImageInput.open(name)
+            if inp is None:
+                detail = _clean(_oiio_error(), name, shown)
+                raise InputError(f"cannot read {shown}: the file is damaged or not a valid OpenEXR image ({detail})")
+            try:
+                return _read_part(inp, name, shown)
+            finally:
+                inp.close()
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, UnicodeError, MemoryError, OSError) as exc:
+        # ValueError covers the frame itself being invalid (duplicate channel names, say).
+        raise InputError(f"cannot read {shown}: the file is damaged or could not be read ({exc})") from None
+
+
+def write_exr(
+    path: str | os.PathLike[str],
+    image: Image,
+    compression: str = "zip",
+    dtype: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """Write `image` to `path` atomically, keeping its windows, pixel aspect and attributes.
+
+    `dtype` is "half" (float16) or "float" (float32); None keeps the image's own type, with
+    8- and 16-bit integer images (0..max meaning 0..1) written as half. `provenance` entries
+    become string attributes named `cvgen:<key>` (non-strings JSON-encoded), so anyone reading
+    the frame can tell which op, parameters, seed and model made it.
+    """
+    if compression not in WRITE_COMPRESSIONS:
+        raise ValueError(
+            f"EXR compression {compression!r} is not allowed; use one of {', '.join(WRITE_COMPRESSIONS)}"
+            " (Blender cannot read htj2k or zstd)"
+        )
+    spec = _write_spec(image, _write_type(image, dtype), compression, provenance or {})
+    pixels = np.ascontiguousarray(image.pixels)
+    with atomic_output(path, ".exr") as tmp:
+        out = oiio.ImageOutput.create("openexr")
+        if out is None:
+            raise OSError(f"cannot write {os.fspath(path)}: OpenImageIO has no OpenEXR writer ({_oiio_error()})")
+        ok = out.open(tmp, spec) and out.write_image(pixels)
+        error = out.geterror() if (not ok or out.has_error) else ""
+        closed = out.close()
+        if not (ok and closed) or error:
+            detail = _clean(error or _oiio_error() or "unknown error", tmp, os.fspath(path))
+            raise OSError(f"cannot write {os.fspath(path)}: {detail}")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[str]:
+    """A temp path next to `path` to write to; renamed onto `path` only if the block succeeds.
+
+    The temp name starts with a dot and ends in `.tmp<suffix>` (the suffix lets writers pick
+    the format by extension), so listings of finished frames skip it; on any failure it is
+    removed and the destination keeps whatever it held before.
+    """
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {dest}: the folder {dest.parent} does not exist")
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        yield str(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {dest}: {exc.strerror}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_signature(path: str) -> None:
+    """Refuse missing files and non-EXR files up front, with a message an artist can act on."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise InputError(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"cannot read {path}: it is a folder, not an EXR file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if magic != _MAGIC:
+        raise InputError(f"cannot read {path}: not an OpenEXR file (it lacks the EXR signature)")
+
+
+@contextmanager
+def _exr_name(path: Path) -> Iterator[str]:
+    """A name for `path` ending in .exr, so OpenImageIO uses its OpenEXR reader and reports
+    that reader's error (rather than "no format reader found") for odd extensions."""
+    if path.suffix.lower() in _EXR_SUFFIXES:
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="cvgen-exr-") as folder:
+        link = os.path.join(folder, "frame.exr")
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError:  # no symlinks (Windows without developer mode): read a copy
+            shutil.copyfile(path, link)
+        yield link
+
+
+def _read_part(inp: oiio.ImageInput, name: str, shown: str) -> Image:
+    spec = inp.spec()
+    width, height, nch = spec.width, spec.height, spec.nchannels
+    if spec.deep:
+        raise InputError(
+            f"cannot read {shown}: it holds deep data (several samples per pixel), which cvgen does not"
+            " read; flatten it first (Nuke: DeepToImage)"
+        )
+    if nch < 1 or width < 1 or height < 1:
+        raise InputError(
+            f"cannot read {shown}: its header describes an empty image ({width}x{height}, {nch} channels)"
+        )
+    if width > MAX_SIDE or height > MAX_SIDE or width * height * nch > MAX_SAMPLES:
+        raise InputError(
+            f"cannot read {shown}: its header claims {width}x{height} pixels with {nch} channels, more than"
+            f" cvgen reads (at most {MAX_SIDE} pixels a side, {MAX_SAMPLES:,} values in all); the file is"
+            " probably damaged"
+        )
+    pixels = _read_pixels(inp, spec, name, shown)
+    return Image(
+        pixels,
+        tuple(spec.channelnames),
+        (spec.x, spec.y),
+        (spec.full_x, spec.full_y, spec.full_width, spec.full_height),
+        spec.get_float_attribute("PixelAspectRatio", 1.0),
+        _attributes(spec),
+    )
+
+
+def _read_pixels(inp: oiio.ImageInput, spec: oiio.ImageSpec, name: str, shown: str) -> np.ndarray:
+    """Read runs of channels that share a pixel type in that type; one run of half or float
+    is returned as is, anything else as float32 (uint converted by value, not normalised)."""
+    kinds = [str(t) for t in spec.channelformats] or [str(spec.format)] * spec.nchannels
+    runs: list[tuple[int, int, str]] = []
+    for index, kind in enumerate(kinds):
+        if kind not in _NATIVE_TYPES:
+            raise InputError(f"cannot read {shown}: channel {index} has unsupported pixel type {kind!r}")
+        if runs and runs[-1][2] == kind:
+            runs[-1] = (runs[-1][0], index + 1, kind)
+        else:
+            runs.append((index, index + 1, kind))
+    parts = []
+    for begin, end, kind in runs:
+        data = inp.read_image(0, 0, begin, end, _NATIVE_TYPES[kind])
+        if data is None or inp.has_error:
+            detail = _clean(_oiio_error(inp) or "no pixels could be read", name, shown)
+            raise InputError(f"cannot read {shown}: the file is damaged or truncated ({detail})")
+        parts.append(np.asarray(data).reshape(spec.height, spec.width, end - begin))
+    if len(parts) == 1 and runs[0][2] != "uint":
+        return parts[0]
+    return np.concatenate([p.astype(np.float32) for p in parts], axis=2)
+
+
+def _attributes(spec: oiio.ImageSpec) -> dict[str, Any]:
+    """Header metadata as plain values (lists for tuples); attributes whose name or value is
+    not valid text are dropped rather than failing an otherwise good frame."""
+    attributes: dict[str, Any] = {}
+    params = spec.extra_attribs
+    for index in range(len(params)):
+        try:
+            name, value = params[index].name, params[index].value
+        except UnicodeError:
+            continue
+        if name.startswith(_SKIP_PREFIXES) or name in _OWN_ATTRIBUTES:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, (str, int, float, list)):
+            attributes[name] = value
+    return attributes
+
+
+def _write_type(image: Image, dtype: str | None) -> str:
+    if dtype is None:
+        return "float" if image.pixels.dtype == np.float32 else "half"
+    if dtype not in _WRITE_TYPES:
+        raise ValueError(f"EXR pixel type {dtype!r} is not one of {', '.join(_WRITE_TYPES)}")
+    return _WRITE_TYPES[dtype]
+
+
+def _write_spec(image: Image, pixel_type: str, compression: str, provenance: dict[str, Any]) -> oiio.ImageSpec:
+    spec = oiio.ImageSpec(image.width, image.height, len(image.channels), pixel_type)
+    spec.x, spec.y = image.origin
+    spec.full_x, spec.full_y, spec.full_width, spec.full_height = image.display or image.data_window
+    spec.channelnames = image.channels
+    for name, value in image.attributes.items():
+        if not (name in _OWN_ATTRIBUTES or name.startswith("oiio:")):
+            _set_attribute(spec, name, value)
+    for key, value in provenance.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        spec.attribute(f"cvgen:{key}", text)
+    spec.attribute("compression", compression)
+    spec.attribute("PixelAspectRatio", float(image.pixel_aspect))
+    return spec
+
+
+def _set_attribute(spec: oiio.ImageSpec, name: str, value: Any) -> None:
+    """Set an attribute with the EXR type its plain value implies; values that fit no EXR
+    type (dicts, huge ints, mixed lists) are kept as JSON text rather than lost."""
+    typed = _typed(name, value)
+    if typed is not None:
+        try:
+            spec.attribute(name, *typed)
+            return
+        except (TypeError, ValueError, OverflowError):
+            pass
+    spec.attribute(name, json.dumps(value, sort_keys=True, default=str))
+
+
+def _typed(name: str, value: Any) -> tuple[Any, ...] | None:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, numbers.Integral) and -(2**31) <= int(value) < 2**31:
+        return (int(value),)
+    if isinstance(value, numbers.Real):
+        return (float(value),)
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    n = len(value)
+    if name in _TYPED_ATTRIBUTES:
+        return (_TYPED_ATTRIBUTES[name], tuple(value))
+    if all(isinstance(v, str) for v in value):
+        return (oiio.TypeDesc(f"string[{n}]"), tuple(value))
+    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        kind = {2: oiio.TypeVector2i, 3: oiio.TypeVector3i, 4: oiio.TypeBox2i}.get(n, oiio.TypeDesc(f"int[{n}]"))
+        return (kind, tuple(int(v) for v in value))
+    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        kind = {2: oiio.TypeFloat2, 3: oiio.TypeVector, 9: oiio.TypeMatrix33, 16: oiio.TypeMatrix44}
+        return (kind.get(n, oiio.TypeDesc(f"float[{n}]")), tuple(float(v) for v in value))
+    return None
+
+
+def _oiio_error(source: oiio.ImageInput | None = None) -> str:
+    """OpenImageIO's pending error text; damaged headers can put bytes in it that are not
+    UTF-8, which the Python binding cannot decode."""
+    try:
+        return source.geterror() if source is not None else oiio.geterror()
+    except UnicodeError:
+        return "OpenEXR reported an error whose text is unreadable"
+
+
+def _clean(text: str, name: str, shown: str) -> str:
+    """The first line of an OpenImageIO/OpenEXR error, without its error codes and with our
+    temporary names replaced by the file the user asked for."""
+    lines = [line.strip() for line in text.replace(name, shown).splitlines() if line.strip()]
+    if not lines:
+        return "no details given"
+    first = re.sub(r"^EXR Error \([^)]*\):\s*", "", lines[0])
+    first = re.sub(r"^EXR_ERR_[A-Z_]+\s*", "", first)
+    return first if len(first) <= 240 else first[:237] + "..."
