@@ -1,0 +1,64 @@
+"""The command line as a TD uses it: import footage, run the demo; the host-side package alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cvgen.server.io.exr import read_exr
+
+
+def cvgen(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cvgen.server.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_import_writes_a_linear_exr_sequence_with_host_frame_numbers(shared_data, tmp_path):
+    result = cvgen("import", str(shared_data / "video" / "woman-running.mp4"), str(tmp_path / "plate.####.exr"),
+                   "--first-frame", "1001", "--count", "3")
+    assert result.returncode == 0, result.stderr
+    frames = sorted(p.name for p in tmp_path.glob("plate.*.exr"))
+    assert frames == ["plate.1001.exr", "plate.1002.exr", "plate.1003.exr"]
+    image = read_exr(tmp_path / "plate.1001.exr")
+    assert image.pixels.dtype == np.float16 and image.pixels.shape == (512, 512, 4)
+    assert 0.0 <= float(image.stack(("R", "G", "B")).mean()) <= 1.0
+
+
+def test_import_of_a_missing_clip_is_a_clear_error(tmp_path):
+    result = cvgen("import", str(tmp_path / "nope.mov"), str(tmp_path / "x.####.exr"))
+    assert result.returncode == 1 and "nope.mov" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_runs_through_a_real_server_and_writes_exrs_and_a_preview(tmp_path):
+    result = cvgen("demo", "--out", str(tmp_path / "demo"), "--frames", "3")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "demo"
+    frames = sorted((out / "colormatch").glob("demo.*.exr"))
+    assert [p.name for p in frames] == ["demo.1001.exr", "demo.1002.exr", "demo.1003.exr"]
+    plate = read_exr(out / "inputs" / "plate.1001.exr")
+    result_frame = read_exr(frames[0])
+    assert result_frame.channels == plate.channels and result_frame.pixels.shape == plate.pixels.shape
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out / "preview.png") in result.stdout
+
+
+def test_protocol_package_needs_only_pyzmq_msgpack_and_numpy(server):
+    """What Blender and Nuke load: no OpenImageIO, OpenColorIO, PyAV or server code may come along."""
+    code = f"""
+import importlib.abc, sys
+BLOCKED = ("OpenImageIO", "PyOpenColorIO", "av", "torch", "cvgen.server")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError(f"host environments have no {{name}}")
+sys.meta_path.insert(0, Block())
+from cvgen.protocol.client import Client
+with Client({server.endpoint!r}) as client:
+    print(sorted(op["name"] for op in client.hello()["ops"]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "colormatch" in result.stdout
