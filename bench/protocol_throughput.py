@@ -49,7 +49,7 @@ def run(kind: str, frames: list[np.ndarray], window: int) -> float:
 
     def send(i: int) -> None:
         if kind == "raw":
-            dealer.send(frames[i], copy=False)
+            dealer.send(memoryview(frames[i]).cast("B"), copy=False)
             return
         buffers: list = []
         image = Image(frames[i], ("R", "G", "B", "A"))
