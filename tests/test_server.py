@@ -217,3 +217,25 @@ def test_render_reports_bad_jobs_without_a_traceback(tmp_path, content, words):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_requests_and_jobs_get_explicit_errors(server):
+    from cvgen.protocol.messages import Message, decode, encode
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(server.endpoint)
+    request = Message("shutdown_everything", {})
+    sock.send_multipart(encode(request))
+    assert sock.poll(5000)
+    answer = decode(sock.recv_multipart())
+    assert answer.msg_type == "error" and answer.parent_id == request.msg_id
+    assert answer.content["code"] == "bad_request" and "unknown message type" in answer.content["message"]
+    sock.close(0)
+    ctx.term()
+    with Client(server.endpoint) as client:
+        with pytest.raises(ServerError, match="no job nope"):
+            client.status("nope")
+        with pytest.raises(ServerError) as err:
+            client.cancel("nope")
+        assert err.value.code == "not_found"
