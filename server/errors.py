@@ -23,3 +23,9 @@ class Cancelled(CvgenError):
 
 class NotFound(CvgenError):
     code = "not_found"
+
+
+class ModelNotFound(CvgenError):
+    """A model name is not configured, or its files are missing or not a model."""
+
+    code = "model_not_found"

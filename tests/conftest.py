@@ -24,3 +24,11 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     yield srv
     if srv.proc and srv.proc.poll() is None:
         srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny Stable Diffusion model, saved in diffusers layout once per test run."""
+    from cvgen.server.core.tiny import ensure_tiny
+
+    return ensure_tiny(tmp_path_factory.mktemp("models"))

@@ -1,0 +1,1 @@
+"""Diffusion building blocks shared by the ops: models, latents, inversion, mattes, attention."""
