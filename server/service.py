@@ -21,7 +21,6 @@ from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import JobSpec
 from cvgen.protocol.messages import (
-    DELIMITER,
     PROTOCOL_VERSION,
     Message,
     decode,

@@ -43,9 +43,9 @@ import numpy as np
 
 from cvgen.protocol.images import Image
 
-from ..errors import InputError
 from ..io.color import ColorTransform
 from .base import OpContext, OpSpec, Param, Shot
+from .layers import REACH, Layers, blur, feathered, over_plate, read_layers
 
 LOG_SPACE = "ACEScct"
 #: Longest side, in pixels, of the subsample the edge is compared on.
@@ -55,11 +55,6 @@ STATS_SIZE = 256
 MAX_GAIN = 2.0
 #: Floor on a standard deviation in ACEScct units, so a flat foreground gets a finite gain.
 MIN_SD = 1e-3
-#: Gaussian taps reach this many sigmas; the temporal window reaches as far.
-REACH = 3.0
-#: Channels tried, in order, for the matte of a multi-channel `matte` input.
-MATTE_CHANNELS = ("A", "Y", "R", "matte")
-RGB = ("R", "G", "B")
 
 PARAMS = (
     Param(
@@ -107,26 +102,6 @@ PARAMS = (
 
 
 @dataclass(frozen=True)
-class Layers:
-    """One frame's inputs in the plate's data window, at every `step`-th pixel (1: all of them).
-
-    `fg` is straight RGB (not premultiplied), `matte` the coverage in [0, 1]; both on `grid`.
-    """
-
-    plate: Image
-    step: int
-    fg: np.ndarray
-    matte: np.ndarray
-
-    @property
-    def grid(self) -> tuple[slice, slice]:
-        return _grid(self.step)
-
-    def plate_rgb(self) -> np.ndarray:
-        return np.stack([self.plate.channel(c)[self.grid] for c in RGB], axis=-1).astype(np.float32)
-
-
-@dataclass(frozen=True)
 class Match:
     """How one frame's foreground compares with the plate across the matte's edge, in the log space.
 
@@ -141,70 +116,6 @@ class Match:
     pivot: np.ndarray
     fg_log_sd: np.ndarray
     plate_log_sd: np.ndarray
-
-
-# 1. Layers ------------------------------------------------------------------------------------
-
-
-def read_layers(shot: Shot, frame: int, sampled: bool = False) -> Layers:
-    """Plate, straight foreground and matte of one frame, checked and placed in the plate's window.
-
-    `sampled` keeps only every n-th pixel, at most `STATS_SIZE` along the long side, before any
-    per-pixel work: all the edge comparison needs. Point samples (rather than area averages) keep
-    each pixel's own value, so the spread stays the image's and no plate sample mixes with pixels
-    under the matte.
-    """
-    plate = shot.read("plate", frame)
-    _require_rgb(plate, "plate")
-    if plate.pixels.dtype.kind != "f":
-        raise InputError(
-            f"colormatch works on scene-linear float frames (half or float), but plate frame {frame} is "
-            f"{plate.pixels.dtype}"
-        )
-    step = max(1, math.ceil(max(plate.height, plate.width) / STATS_SIZE)) if sampled else 1
-    fg = shot.read("fg", frame).in_window(plate.data_window)
-    _require_rgb(fg, "fg")
-    grid = _grid(step)
-    rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
-    if shot.has("matte"):
-        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))[grid]
-    elif fg.has("A"):
-        alpha = fg.channel("A")[grid].astype(np.float32)
-        covered = alpha > 0
-        rgb = np.where(covered[..., None], rgb / np.where(covered, alpha, 1)[..., None], 0).astype(np.float32)
-        matte = alpha
-    else:
-        raise InputError(
-            f"the fg has no alpha channel A (it has {', '.join(fg.channels)}) and no matte input was given: "
-            "colormatch needs one of them to know which pixels are foreground"
-        )
-    matte = np.clip(np.nan_to_num(matte.astype(np.float32), nan=0.0), 0.0, 1.0)
-    return Layers(plate, step, rgb, matte)
-
-
-def _grid(step: int) -> tuple[slice, slice]:
-    """Every `step`-th pixel in both directions, from the middle of the first `step` x `step` block."""
-    return slice(step // 2, None, step), slice(step // 2, None, step)
-
-
-def _require_rgb(image: Image, role: str) -> None:
-    missing = [c for c in RGB if c not in image.channels]
-    if missing:
-        raise InputError(
-            f"the {role} has no {', '.join(missing)} channel(s); it has {', '.join(image.channels) or 'none'}"
-        )
-
-
-def _matte_channel(matte: Image) -> np.ndarray:
-    """The matte's coverage: its only channel, else the first of `MATTE_CHANNELS` it has."""
-    if len(matte.channels) == 1:
-        return matte.pixels[:, :, 0]
-    for name in MATTE_CHANNELS:
-        if matte.has(name):
-            return matte.channel(name)
-    raise InputError(
-        f"the matte has none of the channels {', '.join(MATTE_CHANNELS)}; it has {', '.join(matte.channels)}"
-    )
 
 
 # 2. Edge comparison ---------------------------------------------------------------------------
@@ -226,7 +137,7 @@ def measure(layers: Layers, radius: float, to_log: ColorTransform) -> Match:
     fg = np.where(inside[..., None] > 0, fg, 0)
     plate = np.where(outside[..., None] > 0, plate, 0)
     sigma = max(1.0, radius * layers.plate.height / layers.step / 2)  # reach ~2 sigma = radius; >= a sample
-    near_in, near_out = _blur(inside, sigma), _blur(outside, sigma)
+    near_in, near_out = blur(inside, sigma), blur(outside, sigma)
     ring, band = outside * near_in, inside * near_out
     edge = near_in * near_out  # both sides within reach; highest right at the edge
     if edge.sum() > 0:
@@ -247,7 +158,7 @@ def _local_mean(values: np.ndarray, weights: np.ndarray, blurred_weights: np.nda
     """Weighted Gaussian-local mean per channel (normalised convolution); 0 where no weight is near."""
     near = blurred_weights > 0
     denominator = np.where(near, blurred_weights, 1)
-    return np.stack([np.where(near, _blur(values[..., c] * weights, sigma) / denominator, 0) for c in range(3)], -1)
+    return np.stack([np.where(near, blur(values[..., c] * weights, sigma) / denominator, 0) for c in range(3)], -1)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -267,17 +178,6 @@ def _log_sd(values: np.ndarray, weights: np.ndarray, mean: np.ndarray) -> np.nda
     w = weights.astype(np.float64).ravel()
     var = w @ (values.reshape(-1, 3).astype(np.float64) - mean) ** 2 / w.sum()
     return np.log(np.maximum(np.sqrt(var), MIN_SD))
-
-
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with the edges extended, so a matte touching the frame edge stays solid."""
-    reach = max(1, math.ceil(REACH * sigma))
-    taps = np.exp(-0.5 * (np.arange(-reach, reach + 1) / sigma) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
-    for _ in range(2):  # rows, then (transposed) columns
-        padded = np.pad(a, ((reach, reach), (0, 0)), mode="edge")
-        a = sum((t * padded[k : k + a.shape[0]] for k, t in enumerate(taps)), np.zeros_like(a)).T
-    return a
 
 
 # 3. Temporal smoothing ------------------------------------------------------------------------
@@ -313,17 +213,6 @@ def transfer(x: np.ndarray, match: Match, strength: float, contrast: float) -> n
 # 5. Composite ---------------------------------------------------------------------------------
 
 
-def feathered(matte: np.ndarray, feather: float) -> np.ndarray:
-    """The matte with its edge softened inward only: zero wherever `matte` is zero.
-
-    `1 - blur(1 - M)` equals `blur(M)` but is exactly 1 deep inside a solid matte, so rounding in
-    the blur never lets a sliver of the plate under the foreground through.
-    """
-    if feather <= 0:
-        return matte
-    return np.clip(np.minimum(matte, 1 - _blur(1 - matte, feather)), 0.0, 1.0)
-
-
 def composite(
     layers: Layers,
     match: Match | None,
@@ -331,19 +220,11 @@ def composite(
     to_log: ColorTransform,
 ) -> Image:
     """The corrected foreground over the plate; pixels the feathered matte leaves at 0 are the plate's."""
-    plate = layers.plate
     mf = feathered(layers.matte, params["feather"])
-    inside = mf > 0
-    fg = layers.fg[inside]
+    fg = layers.fg[mf > 0]
     if match is not None and len(fg):  # (OpenColorIO refuses an empty image)
         fg = to_log.inverse().apply(transfer(to_log.apply(fg), match, params["strength"], params["contrast"]))
-    m = mf[inside][:, None]
-    under = layers.plate_rgb()[inside]
-    mixed = m * fg + (1 - m) * np.where(m < 1, under, 0)  # a solid matte hides even Inf and NaN
-    pixels = plate.pixels.copy()
-    for i, name in enumerate(RGB):
-        pixels[:, :, plate.channels.index(name)][inside] = mixed[:, i]
-    return Image(pixels, plate.channels, plate.origin, plate.display, plate.pixel_aspect, dict(plate.attributes))
+    return over_plate(layers, mf, fg)
 
 
 # The op ---------------------------------------------------------------------------------------
@@ -368,7 +249,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
         for f in window:
             if f not in cache:
                 ctx.step(frame, 1, 2)
-                cache[f] = measure(read_layers(shot, f, sampled=True), params["radius"], to_log)
+                cache[f] = measure(read_layers(shot, f, max_size=STATS_SIZE), params["radius"], to_log)
         distances = np.array([frames.index(f) - at for f in window], dtype=np.float64)
         match = smooth([cache[f] for f in window], distances, sigma)
         ctx.step(frame, 2, 2)

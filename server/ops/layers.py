@@ -1,0 +1,146 @@
+"""The layers of a composite and how a result goes back over the plate.
+
+Every op that changes a foreground reads the same three layers (plate, straight foreground,
+matte, all in the plate's data window) and puts its result back the same way: over the plate in
+the plate's own scene-linear space, with the matte feathered inward only, so every pixel outside
+the matte is the plate's, bit for bit, HDR values, NaN and Inf included (METHODS.md, "Background
+replacement in linear light").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cvgen.protocol.images import Image
+
+from ..errors import InputError
+from .base import Shot
+
+#: Gaussian taps reach this many sigmas.
+REACH = 3.0
+#: Channels tried, in order, for the matte of a multi-channel `matte` input.
+MATTE_CHANNELS = ("A", "Y", "R", "matte")
+RGB = ("R", "G", "B")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """One frame's inputs in the plate's data window, at every `step`-th pixel (1: all of them).
+
+    `fg` is straight RGB (not premultiplied), `matte` the coverage in [0, 1]; both on `grid`.
+    """
+
+    plate: Image
+    step: int
+    fg: np.ndarray
+    matte: np.ndarray
+
+    @property
+    def grid(self) -> tuple[slice, slice]:
+        return _grid(self.step)
+
+    def plate_rgb(self) -> np.ndarray:
+        return np.stack([self.plate.channel(c)[self.grid] for c in RGB], axis=-1).astype(np.float32)
+
+
+def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
+    """Plate, straight foreground and matte of one frame, checked and placed in the plate's window.
+
+    `max_size` keeps only every n-th pixel, at most `max_size` along the long side, before any
+    per-pixel work: all the edge comparison needs. Point samples (rather than area averages) keep
+    each pixel's own value, so the spread stays the image's and no plate sample mixes with pixels
+    under the matte.
+    """
+    plate = shot.read("plate", frame)
+    _require_rgb(plate, "plate")
+    if plate.pixels.dtype.kind != "f":
+        raise InputError(
+            f"cvgen composites scene-linear float frames (half or float), but plate frame {frame} is "
+            f"{plate.pixels.dtype}"
+        )
+    step = max(1, math.ceil(max(plate.height, plate.width) / max_size)) if max_size else 1
+    fg = shot.read("fg", frame).in_window(plate.data_window)
+    _require_rgb(fg, "fg")
+    grid = _grid(step)
+    rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
+    if shot.has("matte"):
+        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))[grid]
+    elif fg.has("A"):
+        alpha = fg.channel("A")[grid].astype(np.float32)
+        covered = alpha > 0
+        rgb = np.where(covered[..., None], rgb / np.where(covered, alpha, 1)[..., None], 0).astype(np.float32)
+        matte = alpha
+    else:
+        raise InputError(
+            f"the fg has no alpha channel A (it has {', '.join(fg.channels)}) and no matte input was given: "
+            "the op needs one of them to know which pixels are foreground"
+        )
+    matte = np.clip(np.nan_to_num(matte.astype(np.float32), nan=0.0), 0.0, 1.0)
+    return Layers(plate, step, rgb, matte)
+
+
+def _grid(step: int) -> tuple[slice, slice]:
+    """Every `step`-th pixel in both directions, from the middle of the first `step` x `step` block."""
+    return slice(step // 2, None, step), slice(step // 2, None, step)
+
+
+def _require_rgb(image: Image, role: str) -> None:
+    missing = [c for c in RGB if c not in image.channels]
+    if missing:
+        raise InputError(
+            f"the {role} has no {', '.join(missing)} channel(s); it has {', '.join(image.channels) or 'none'}"
+        )
+
+
+def _matte_channel(matte: Image) -> np.ndarray:
+    """The matte's coverage: its only channel, else the first of `MATTE_CHANNELS` it has."""
+    if len(matte.channels) == 1:
+        return matte.pixels[:, :, 0]
+    for name in MATTE_CHANNELS:
+        if matte.has(name):
+            return matte.channel(name)
+    raise InputError(
+        f"the matte has none of the channels {', '.join(MATTE_CHANNELS)}; it has {', '.join(matte.channels)}"
+    )
+
+
+def blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with the edges extended, so a matte touching the frame edge stays solid."""
+    reach = max(1, math.ceil(REACH * sigma))
+    taps = np.exp(-0.5 * (np.arange(-reach, reach + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    for _ in range(2):  # rows, then (transposed) columns
+        padded = np.pad(a, ((reach, reach), (0, 0)), mode="edge")
+        a = sum((t * padded[k : k + a.shape[0]] for k, t in enumerate(taps)), np.zeros_like(a)).T
+    return a
+
+
+def feathered(matte: np.ndarray, feather: float) -> np.ndarray:
+    """The matte with its edge softened inward only: zero wherever `matte` is zero.
+
+    `1 - blur(1 - M)` equals `blur(M)` but is exactly 1 deep inside a solid matte, so rounding in
+    the blur never lets a sliver of the plate under the foreground through.
+    """
+    if feather <= 0:
+        return matte
+    return np.clip(np.minimum(matte, 1 - blur(1 - matte, feather)), 0.0, 1.0)
+
+
+def over_plate(layers: Layers, matte: np.ndarray, rgb: np.ndarray) -> Image:
+    """`rgb` (N, 3: the result at the pixels where `matte` > 0, in order) over the plate.
+
+    Pixels where `matte` is 0 keep the plate's values untouched; a solid matte hides even Inf
+    and NaN in the plate. The result keeps the plate's channels, windows and metadata.
+    """
+    plate = layers.plate
+    inside = matte > 0
+    m = matte[inside][:, None]
+    under = layers.plate_rgb()[inside]
+    mixed = m * rgb + (1 - m) * np.where(m < 1, under, 0)
+    pixels = plate.pixels.copy()
+    for i, name in enumerate(RGB):
+        pixels[:, :, plate.channels.index(name)][inside] = mixed[:, i]
+    return Image(pixels, plate.channels, plate.origin, plate.display, plate.pixel_aspect, dict(plate.attributes))
