@@ -17,6 +17,8 @@ from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec
 
 log = logging.getLogger("cvgen")
 
+MODELS_HELP = "models file (TOML) naming local models (default: $CVGEN_MODELS, else ~/.config/cvgen/models.toml)"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--jobs-dir", default="cvgen-jobs", help="folder for job folders (default ./%(default)s)")
     serve.add_argument("--device", action="append", dest="devices",
                        help="device to run jobs on (repeatable; default: every GPU, else the CPU)")
+    serve.add_argument("--models", help=MODELS_HELP)
     serve.set_defaults(func=cmd_serve)
 
     render = sub.add_parser("render", help="run a job file in this process (what a farm task runs)")
@@ -49,7 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--frames", help="sub-range A-B to render (a farm chunk); default the whole job")
     render.add_argument("--output", type=Path, help="folder for the frames (default: the job's output, "
                                                     "else JOBNAME-frames beside the job file)")
+    render.add_argument("--models", help=MODELS_HELP)
+    render.add_argument("--device", help="device for ops with a model, e.g. cuda:1 or cpu (default: the first GPU, else the CPU)")
     render.set_defaults(func=cmd_render)
+
+    models = sub.add_parser("models", help="list or check the configured models")
+    models.add_argument("--models", help=MODELS_HELP)
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="the models the server can use").set_defaults(func=cmd_models_list)
+    check = models_sub.add_parser("check", help="load a model and report what it is")
+    check.add_argument("name")
+    check.add_argument("--device", help="device to load it on (default: the first GPU, else the CPU)")
+    check.set_defaults(func=cmd_models_check)
 
     imp = sub.add_parser("import", help="convert a .mp4/.mov to a scene-linear EXR sequence")
     imp.add_argument("video", type=Path)
@@ -73,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.bind):
         log.warning("serving on %s WITHOUT encryption or authentication: anyone who can reach it can "
                     "submit jobs and read results", args.bind)
-    server = Server(args.bind, args.jobs_dir, devices=args.devices)
+    server = Server(args.bind, args.jobs_dir, devices=args.devices, models_file=args.models)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -123,8 +137,35 @@ def cmd_render(args: argparse.Namespace) -> int:
     def on_frame(frame: int, path: Path, image: object) -> None:
         print(f"frame {frame}: {path}", flush=True)
 
-    written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame)
+    from .core.models import ModelCache, ModelRegistry
+
+    models = ModelCache(ModelRegistry.load(args.models))
+    written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame, models=models, device=args.device)
     print(f"rendered {len(written)} frame(s) into {output}", flush=True)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from .core.models import ModelRegistry
+
+    registry = ModelRegistry.load(args.models)
+    for entry in registry.describe():
+        marker = "*" if entry["name"] == registry.default else " "
+        print(f"{marker} {entry['name']:16s} {entry['kind']:12s} {entry['path']}")
+    print("(* = default; the built-in tiny model has random weights: real results need a real model)")
+    return 0
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    from .core.models import ModelRegistry, load_sd_model
+
+    registry = ModelRegistry.load(args.models)
+    model = load_sd_model(registry.entry(args.name), device=args.device)
+    unet = sum(p.numel() for p in model.unet.parameters())
+    print(f"{model.name}: loaded on {model.device} as {model.dtype}")
+    print(f"  UNet {unet / 1e6:.1f} M parameters, sample size {model.unet.config.sample_size}, "
+          f"prediction {model.prediction_type}, VAE scale {model.vae.config.scaling_factor}")
+    print(f"  fingerprint {model.fingerprint}")
     return 0
 
 

@@ -55,7 +55,11 @@ class Subscriber:
 
 class Server:
     def __init__(self, bind: str = DEFAULT_BIND, jobs_dir: str | Path = "cvgen-jobs",
-                 devices: list[str] | None = None, limits: Limits = Limits()) -> None:
+                 devices: list[str] | None = None, limits: Limits = Limits(),
+                 models_file: str | Path | None = None) -> None:
+        from .core.models import ModelCache, ModelRegistry
+
+        self.models = ModelCache(ModelRegistry.load(models_file))
         self.store = JobStore(jobs_dir)
         self.limits = limits
         self.devices = devices or available_devices()
@@ -73,7 +77,7 @@ class Server:
         self.subscribers: dict[str, list[Subscriber]] = {}
         self.stopping = threading.Event()
         self.started = time.time()
-        self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping)
+        self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping, self.models)
                         for d in self.devices]
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
             "hello": self.on_hello,
@@ -121,7 +125,7 @@ class Server:
             if record.state().get("state") not in UNFINISHED:
                 continue
             try:
-                check_job(record.spec)
+                check_job(record.spec, registry=self.models.registry)
             except CvgenError as exc:
                 record.set_state("failed", code="bad_request",
                                  message=f"could not resume after a restart: {exc}")
@@ -177,7 +181,8 @@ class Server:
             "protocol_version": PROTOCOL_VERSION,
             "server_version": __version__,
             "ops": [op.schema() for op in all_ops().values()],
-            "models": [],
+            "models": self.models.registry.describe(),
+            "default_model": self.models.registry.default,
             "devices": self.devices,
             "limits": self.limits.to_dict(),
             "colorspaces": colorspace_names(),
@@ -193,7 +198,7 @@ class Server:
         if count > self.limits.max_frames_per_job:
             raise ProtocolError(f"{count} frames is over this server's limit of {self.limits.max_frames_per_job} per job")
         inline = self._inline_inputs(spec, msg)
-        check_job(spec, inline)
+        check_job(spec, inline, self.models.registry)
         if spec.inputs and not inline:
             FileShot(spec.inputs, spec.frame_numbers).check_complete()
         subscriber = Subscriber(identity, msg.header, deliver == "inline")

@@ -46,9 +46,10 @@ class ActiveJob:
 
 class Worker(threading.Thread):
     def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
-                 events_endpoint: str, stopping: threading.Event) -> None:
+                 events_endpoint: str, stopping: threading.Event, models: Any = None) -> None:
         super().__init__(name=f"cvgen-worker-{device}", daemon=True)
         self.device = device
+        self.models = models
         self.jobs = jobs
         self.context = context
         self.events_endpoint = events_endpoint
@@ -93,7 +94,8 @@ class Worker(threading.Thread):
                 self._emit(push, job, "frame", content, [image.pixels])
 
             run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
-                    is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set())
+                    is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
+                    models=self.models, device=self.device)
         except Cancelled:
             if job.cancel.is_set():
                 self._finish(push, job, "cancelled", "cancelled", "the job was cancelled; finished frames are kept")
@@ -110,6 +112,10 @@ class Worker(threading.Thread):
             self._finish(push, job, "failed", "out_of_memory", "the job ran out of memory")
             return
         except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+                self._finish(push, job, "failed", "out_of_memory",
+                             f"the device {self.device} ran out of memory; try a smaller frame or fewer frames at once")
+                return
             log.exception("job %s failed", job.job_id)
             self._finish(push, job, "failed", "internal", f"unexpected {type(exc).__name__}: {exc}")
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Iterator
@@ -26,9 +27,23 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         srv.stop(signal.SIGKILL)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cvgen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache folder of the test run's own (the tiny model, inverted latents), for this process
+    and the servers it starts, so tests never read or write the user's ~/.cache/cvgen."""
+    folder = tmp_path_factory.mktemp("cvgen-cache")
+    before = os.environ.get("CVGEN_CACHE")
+    os.environ["CVGEN_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["CVGEN_CACHE"]
+    else:
+        os.environ["CVGEN_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_path(cvgen_cache: Path) -> Path:
     """The built-in tiny Stable Diffusion model, saved in diffusers layout once per test run."""
     from cvgen.server.core.tiny import ensure_tiny
 
-    return ensure_tiny(tmp_path_factory.mktemp("models"))
+    return ensure_tiny(cvgen_cache / "models")

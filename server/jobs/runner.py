@@ -33,10 +33,16 @@ class CheckedJob:
     colorspace: str
 
 
-def check_job(spec: JobSpec, inline_roles: Iterable[str] = ()) -> CheckedJob:
-    """Everything that can be known wrong about a job before any frame is read."""
+def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = None) -> CheckedJob:
+    """Everything that can be known wrong about a job before any frame is read.
+
+    With a model `registry`, an op's model must be configured there (its files are checked
+    when it loads).
+    """
     op = get_op(spec.op)
     params = op.resolve_params(spec.params)
+    if op.uses_model and registry is not None:
+        registry.entry(params["model"] or registry.default)
     colorspace = check_colorspace(spec.colorspace)
     given = set(spec.inputs) | set(inline_roles)
     allowed = set(op.inputs) | set(op.optional_inputs)
@@ -75,13 +81,28 @@ def run_job(
     on_progress: Callable[[dict[str, Any]], None] = lambda p: None,
     on_frame: Callable[[int, Path, Image], None] = lambda f, p, i: None,
     is_cancelled: Callable[[], bool] = lambda: False,
+    models: Any = None,
+    device: str | None = None,
 ) -> list[int]:
     """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
 
     `frames` narrows the work to a sub-range (a farm chunk); relative input paths are taken
-    from `base` (the job file's folder).
+    from `base` (the job file's folder). `models` is the worker's model cache (one is made from
+    the default models file when an op needs a model and none is given).
     """
     checked = check_job(spec)
+    load_model = None
+    model_name = ""
+    if checked.op.uses_model:
+        from ..core.models import ModelCache, ModelRegistry
+
+        cache = models if models is not None else ModelCache(ModelRegistry.load())
+        check_job(spec, registry=cache.registry)
+        model_name = checked.params["model"] or cache.registry.default
+
+        def load_model(name: str) -> Any:
+            return cache.get(name or cache.registry.default, device)
+
     wanted = list(frames) if frames is not None else list(spec.frame_numbers)
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
@@ -99,8 +120,11 @@ def run_job(
         seed=spec.seed,
         on_step=lambda f, s, n: on_progress(clock.update(f, s, n)),
         is_cancelled=is_cancelled,
+        load_model=load_model,
+        cache_dir=_cache_dir() if checked.op.uses_model else None,
     )
     provenance = {
+        "model": model_name,
         "op": spec.op,
         "params": json.dumps(checked.params, sort_keys=True),
         "seed": str(spec.seed),
@@ -117,3 +141,9 @@ def run_job(
         written.append(frame)
         on_frame(frame, path, image)
     return written
+
+
+def _cache_dir() -> Path:
+    from ..core.models import cache_dir
+
+    return cache_dir()

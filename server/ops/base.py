@@ -9,13 +9,14 @@ finished frames; the job runner writes them. The same op runs under the server, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.images import Image
 
-from ..errors import Cancelled
+from ..errors import Cancelled, ModelNotFound
 
 _KINDS = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "choice": (str,)}
 
@@ -77,13 +78,20 @@ class OpContext:
     seed: int = 0
     on_step: Callable[[int, int, int], None] = lambda frame, step, steps: None
     is_cancelled: Callable[[], bool] = lambda: False
-    models: dict[str, Any] = field(default_factory=dict)
+    load_model: Callable[[str], Any] | None = None
+    cache_dir: Path | None = None
 
     def step(self, frame: int, step: int, steps: int) -> None:
         """Report progress; raises `Cancelled` here, between steps, once the job is cancelled."""
         if self.is_cancelled():
             raise Cancelled("the job was cancelled")
         self.on_step(frame, step, steps)
+
+    def model(self, name: str) -> Any:
+        """The named model, loaded on this job's device (kept loaded between jobs by the worker)."""
+        if self.load_model is None:
+            raise ModelNotFound(f"this run has no model registry, so model {name!r} cannot be loaded")
+        return self.load_model(name)
 
 
 RunFn = Callable[[Shot, dict[str, Any], OpContext], Iterator[tuple[int, Image]]]
@@ -97,7 +105,7 @@ class OpSpec:
     inputs: tuple[str, ...]
     optional_inputs: tuple[str, ...]
     run: RunFn
-    models: tuple[str, ...] = ()
+    uses_model: bool = False
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in and every value checked, before any work starts."""

@@ -1,0 +1,316 @@
+"""The model registry against real files: the tiny model saved to disk, models files, broken models.
+
+Every test runs with its own cache, home and no $CVGEN_MODELS, so nothing reads or writes the
+real home; the built-in tiny model's cache entry is a link to the session's saved copy (built once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cvgen.protocol.errors import CvgenError
+from cvgen.server.core.models import (
+    DeviceError,
+    ModelCache,
+    ModelEntry,
+    ModelRegistry,
+    cache_dir,
+    choose_device,
+    load_sd_model,
+)
+from cvgen.server.core.tiny import TINY_VERSION
+from cvgen.server.errors import ModelNotFound
+
+UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache and home; the built-in tiny resolves to the session's saved copy."""
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / f"tiny-v{TINY_VERSION}").symlink_to(tiny_model_path, target_is_directory=True)
+    monkeypatch.setenv("CVGEN_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+    return cache
+
+
+def models_file(folder: Path, text: str) -> Path:
+    path = folder / "models.toml"
+    path.write_text(text)
+    return path
+
+
+def unet_output(model) -> torch.Tensor:
+    """The UNet's prediction on a fixed small input: equal outputs mean equal weights."""
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    embeds = torch.randn(1, 77, model.unet.config.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        return model.unet(latents, 10, encoder_hidden_states=embeds).sample
+
+
+def copy_with_changed_unet(source: Path, target: Path) -> Path:
+    """A copy of a model whose UNet differs in one tensor: a different model with identical file sizes."""
+    shutil.copytree(source, target)
+    weights = load_file(target / UNET_WEIGHTS)
+    name = min(weights)
+    weights[name] = weights[name] + 0.5
+    save_file(weights, target / UNET_WEIGHTS)
+    return target
+
+
+def test_hf_hub_offline_is_set_on_import() -> None:
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_cache_dir_follows_cvgen_cache_else_home(isolated: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cache_dir() == isolated
+    monkeypatch.delenv("CVGEN_CACHE")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "cvgen"
+
+
+def test_without_a_models_file_only_the_builtin_tiny_exists() -> None:
+    registry = ModelRegistry.load()
+    assert registry.names() == ["tiny"] and registry.default == "tiny"
+    entry = registry.entry("tiny")
+    assert entry.builtin and entry.kind == "diffusers"
+    assert entry.path == cache_dir() / "models" / f"tiny-v{TINY_VERSION}"
+    assert json.loads(json.dumps(registry.describe()))[0]["default"] is True
+
+
+def test_models_file_is_found_in_cvgen_models_then_the_user_config(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "home" / ".config" / "cvgen"
+    user.mkdir(parents=True)
+    models_file(user, '[models.user]\npath = "user-model"\n')
+    assert ModelRegistry.load().names() == ["user", "tiny"]
+    monkeypatch.setenv("CVGEN_MODELS", str(models_file(tmp_path, 'default = "env"\n[models.env]\npath = "m"\n')))
+    registry = ModelRegistry.load()
+    assert registry.names() == ["env", "tiny"] and registry.default == "env"
+
+
+def test_entries_resolve_relative_paths_and_pick_the_kind(tmp_path: Path) -> None:
+    registry = ModelRegistry.load(models_file(tmp_path, """
+        [models.folder]
+        path = "sd15"
+        [models.file]
+        path = "ckpt/v2-1_768.safetensors"
+        config = "/models/stable-diffusion-2-1"
+        prediction_type = "v_prediction"
+        device = "cuda:1"
+        dtype = "float16"
+    """))
+    folder, file = registry.entry("folder"), registry.entry("file")
+    assert folder.path == tmp_path / "sd15" and folder.kind == "diffusers" and not folder.builtin
+    assert file == ModelEntry("file", tmp_path / "ckpt" / "v2-1_768.safetensors", "single_file",
+                              Path("/models/stable-diffusion-2-1"), "v_prediction", "cuda:1", "float16")
+    assert file.describe()["config"] == "/models/stable-diffusion-2-1"
+
+
+def test_a_models_file_entry_for_the_tiny_folder_loads_the_same_weights(tiny_model_path: Path,
+                                                                       tmp_path: Path) -> None:
+    registry = ModelRegistry.load(models_file(tmp_path, f'[models.alias]\npath = "{tiny_model_path}"\n'))
+    alias = load_sd_model(registry.entry("alias"))
+    builtin = load_sd_model(registry.entry("tiny"))
+    assert alias.name == "alias" and alias.device == torch.device("cpu") and alias.dtype == torch.float32
+    assert torch.equal(unet_output(alias), unet_output(builtin))
+    assert alias.fingerprint == builtin.fingerprint == load_sd_model(registry.entry("alias")).fingerprint
+    assert not alias.unet.training and not any(p.requires_grad for p in alias.unet.parameters())
+
+
+def test_fingerprint_follows_the_weights_not_the_folder(tiny_model_path: Path, tmp_path: Path) -> None:
+    original = load_sd_model(ModelEntry("a", tiny_model_path, "diffusers"))
+    same = load_sd_model(ModelEntry("b", Path(shutil.copytree(tiny_model_path, tmp_path / "copy")), "diffusers"))
+    changed = load_sd_model(ModelEntry("c", copy_with_changed_unet(tiny_model_path, tmp_path / "changed"), "diffusers"))
+    assert same.fingerprint == original.fingerprint
+    assert changed.fingerprint != original.fingerprint
+    assert not torch.equal(unet_output(changed), unet_output(original))
+
+
+def test_encode_prompt_matches_the_diffusers_pipeline(tiny_model_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    prompts = ["a red car in the rain", "", "x " * 100]  # the last one is truncated to 77 tokens
+    model = load_sd_model(ModelRegistry.load().entry("tiny"))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_path, local_files_only=True)
+    expected, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)
+    embeds = model.encode_prompt(prompts)
+    assert embeds.shape == (3, 77, 32) and not embeds.requires_grad
+    assert torch.equal(embeds, expected)
+
+
+def test_prediction_type_override_lands_in_the_scheduler(tiny_model_path: Path, tmp_path: Path) -> None:
+    registry = ModelRegistry.load(models_file(tmp_path, f"""
+        [models.v]
+        path = "{tiny_model_path}"
+        prediction_type = "v_prediction"
+        dtype = "bfloat16"
+    """))
+    model = load_sd_model(registry.entry("v"))
+    builtin = load_sd_model(registry.entry("tiny"))
+    assert model.prediction_type == model.scheduler.config.prediction_type == "v_prediction"
+    assert type(model.scheduler).__name__ == "DDIMScheduler" and builtin.prediction_type == "epsilon"
+    assert model.fingerprint != builtin.fingerprint
+    assert model.dtype == model.unet.dtype == torch.bfloat16
+
+
+def test_choose_device_defaults_and_refusals() -> None:
+    auto = choose_device()
+    assert auto == ((torch.device("cuda:0"), torch.float16) if torch.cuda.is_available()
+                    else (torch.device("cpu"), torch.float32))
+    assert choose_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(DeviceError, match="float16 is not supported on the CPU"):
+        choose_device("cpu", "float16")
+    with pytest.raises(DeviceError, match="'float64'"):
+        choose_device("cpu", "float64")
+    with pytest.raises(DeviceError, match="'gpu'"):
+        choose_device("gpu")
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(DeviceError, match="'cuda:7' is not on this machine"):
+            choose_device("cuda:7")
+
+
+def test_model_cache_loads_each_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvgen.server.core import models
+
+    loads: list[tuple[str, str | None, str | None]] = []
+
+    def counting_load(entry: ModelEntry, device: str | None = None, dtype: str | None = None):
+        loads.append((entry.name, device, dtype))
+        return load_sd_model(entry, device, dtype)
+
+    monkeypatch.setattr(models, "load_sd_model", counting_load)
+    cache = ModelCache(ModelRegistry.load())
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("tiny"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and all(model is results[0] for model in results)
+    assert cache.get("tiny", "cpu", "float32") is results[0]
+    assert cache.get("tiny", "cpu", "bfloat16") is not results[0]
+    assert loads == [("tiny", "cpu", "float32"), ("tiny", "cpu", "bfloat16")]
+    assert cache.registry.default == "tiny"
+
+
+# -- errors: each names what is wrong and where -------------------------------------------------
+
+
+def entry_for(path: Path, config: Path | None = None) -> ModelEntry:
+    kind = "single_file" if path.suffix == ".safetensors" else "diffusers"
+    return ModelEntry("broken", path, kind, config)
+
+
+def damaged_unet(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    shutil.copytree(tiny, tmp / "damaged")
+    (tmp / "damaged" / UNET_WEIGHTS).write_bytes(b"not a tensor file" * 10)
+    return entry_for(tmp / "damaged"), "its unet/ could not be loaded"
+
+
+def without_unet(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    shutil.copytree(tiny, tmp / "no-unet")
+    shutil.rmtree(tmp / "no-unet" / "unet")
+    return entry_for(tmp / "no-unet"), "unet/"
+
+
+def garbage_safetensors(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    (tmp / "garbage.safetensors").write_bytes(os.urandom(4096))
+    return entry_for(tmp / "garbage.safetensors", tiny), str(tmp / "garbage.safetensors")
+
+
+def diffusers_keys_safetensors(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    """A real safetensors file, but a bare diffusers UNet state dict rather than an SD checkpoint."""
+    shutil.copy(tiny / UNET_WEIGHTS, tmp / "unet-only.safetensors")
+    return entry_for(tmp / "unet-only.safetensors", tiny), str(tmp / "unet-only.safetensors")
+
+
+def incomplete_checkpoint(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    """An original-layout checkpoint holding only the weights diffusers' own key table names: it passes
+    diffusers' checks but leaves most layers without weights."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    text = load_file(tiny / "text_encoder" / "model.safetensors")
+    unet, vae = load_file(tiny / UNET_WEIGHTS), load_file(tiny / "vae" / "diffusion_pytorch_model.safetensors")
+    checkpoint = {f"cond_stage_model.transformer.text_model.{k}": v for k, v in text.items()}
+    checkpoint.update({f"model.diffusion_model.{ldm}": unet[ours]
+                       for ours, ldm in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items() if ours in unet})
+    checkpoint.update({f"first_stage_model.{ldm}": vae[ours]
+                       for ours, ldm in DIFFUSERS_TO_LDM_MAPPING["vae"].items() if ours in vae})
+    save_file(checkpoint, tmp / "incomplete.safetensors")
+    return entry_for(tmp / "incomplete.safetensors", tiny), str(tmp / "incomplete.safetensors")
+
+
+def pickle_checkpoint(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    (tmp / "model.ckpt").write_bytes(b"\x80\x04")
+    return entry_for(tmp / "model.ckpt"), ".safetensors"
+
+
+@pytest.mark.parametrize("make", [
+    lambda tiny, tmp: (entry_for(tmp / "missing"), str(tmp / "missing")),
+    lambda tiny, tmp: (entry_for(tmp), "no model_index.json"),
+    without_unet,
+    damaged_unet,
+    garbage_safetensors,
+    diffusers_keys_safetensors,
+    incomplete_checkpoint,
+    pickle_checkpoint,
+    lambda tiny, tmp: (entry_for(tmp / "v2.safetensors"), 'config = "<diffusers folder'),
+    lambda tiny, tmp: (entry_for(tmp / "absent.safetensors", tiny), str(tmp / "absent.safetensors")),
+], ids=["missing path", "no model_index", "no unet", "damaged unet", "garbage safetensors",
+        "not an sd checkpoint", "incomplete checkpoint", "pickle checkpoint", "single file without config",
+        "missing single file"])
+def test_broken_models_raise_model_not_found_naming_the_path(make, tiny_model_path: Path, tmp_path: Path) -> None:
+    entry, named = make(tiny_model_path, tmp_path)
+    with pytest.raises(ModelNotFound) as raised:
+        load_sd_model(entry)
+    message = str(raised.value)
+    assert named in message and str(entry.path) in message and "Traceback" not in message
+    assert raised.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[models.a\npath = "x"\n', "line 1"),
+    ('[models.a]\npath = "x"\nprompt = "cat"\n', "'prompt'"),
+    ('[models.a]\npath = "x"\ndtype = "float64"\n', "'float64'"),
+    ('[models.a]\npath = "x"\nprediction_type = "sample"\n', "'sample'"),
+    ('[models.a]\npath = "x"\ndevice = "gpu0"\n', "'gpu0'"),
+    ('[models.a]\nconfig = "x"\n', "no `path`"),
+    ('[models.a]\npath = "folder"\nconfig = "x"\n', "only used with a .safetensors"),
+    ('[models.tiny]\npath = "x"\n', "reserved"),
+    ('default = "sd15"\n[models.a]\npath = "x"\n', "'sd15'"),
+    ('modles = 1\n', "'modles'"),
+], ids=["bad toml", "unknown key", "bad dtype", "bad prediction type", "bad device", "no path",
+        "config on a folder", "tiny reserved", "unknown default", "unknown top-level key"])
+def test_bad_models_files_name_the_file_and_the_problem(text: str, named: str, tmp_path: Path) -> None:
+    path = models_file(tmp_path, text)
+    with pytest.raises(ModelNotFound) as raised:
+        ModelRegistry.load(path)
+    assert str(path) in str(raised.value) and named in str(raised.value)
+
+
+def test_a_missing_models_file_or_model_name_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelNotFound, match="nope.toml"):
+        ModelRegistry.load(tmp_path / "nope.toml")
+    monkeypatch.setenv("CVGEN_MODELS", str(tmp_path / "env.toml"))
+    with pytest.raises(ModelNotFound, match="env.toml"):
+        ModelRegistry.load()
+    registry = ModelRegistry.load(models_file(tmp_path, '[models.sd15]\npath = "x"\n'))
+    with pytest.raises(ModelNotFound, match="'sdxl'.*sd15, tiny"):
+        registry.entry("sdxl")
+
+
+def test_an_invalid_dtype_request_is_a_cvgen_error() -> None:
+    with pytest.raises(CvgenError, match="'half'"):
+        load_sd_model(ModelRegistry.load().entry("tiny"), dtype="half")
