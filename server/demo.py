@@ -27,6 +27,7 @@ from .io.preview import contact_sheet
 from .io.video import read_video
 
 FIRST_FRAME = 1001
+OPS = ("colormatch", "harmonize")
 SAMPLE_CLIP = Path("shared") / "data" / "video" / "woman-running.mp4"
 
 
@@ -103,6 +104,19 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
+def render(client: Client, op: str, inputs: dict[str, str], count: int, out: Path, params: dict) -> None:
+    """One job through the server, with a one-line progress display."""
+    job = JobSpec(op, (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, params=params, name="demo", output=str(out / op))
+    started = time.monotonic()
+    frames = 0
+    for event in client.submit(job):
+        if isinstance(event, Progress):
+            print(f"\r  {op} {event.fraction:6.1%}", end="", flush=True)
+        elif isinstance(event, FrameReady):
+            frames += 1
+    print(f"\r  {op}: {frames} frames in {time.monotonic() - started:.1f} s -> {out / op}/demo.####.exr")
+
+
 def run_demo(out: Path, count: int, video: Path | None = None) -> None:
     out = out.resolve()
     video = video or find_sample_clip()
@@ -110,19 +124,12 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
     inputs = build_shot(out / "inputs", video, count)
     proc, endpoint = start_server(out / "jobs")
     try:
-        with Client(endpoint, timeout=30) as client:
+        with Client(endpoint, timeout=60) as client:
             info = client.hello()
             print(f"server {info['server_version']} at {endpoint}: ops {', '.join(o['name'] for o in info['ops'])}")
-            job = JobSpec("colormatch", (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, name="demo",
-                          output=str(out / "colormatch"))
-            started = time.monotonic()
-            last = ""
-            for event in client.submit(job):
-                if isinstance(event, Progress):
-                    print(f"\r  colormatch {event.fraction:6.1%}", end="", flush=True)
-                elif isinstance(event, FrameReady):
-                    last = event.path
-            print(f"\r  colormatch done: {count} frames in {time.monotonic() - started:.1f} s, last {last}")
+            render(client, "colormatch", inputs, count, out, {})
+            model = info["default_model"]
+            render(client, "harmonize", inputs, count, out, {"prompt": "a woman running by a river, overcast light"})
     finally:
         stop_server(proc)
     rows = []
@@ -130,8 +137,12 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
         frame = FIRST_FRAME + int(i)
         plate = read_exr(frame_path(inputs["plate"], frame))
         fg = read_exr(frame_path(inputs["fg"], frame))
-        rows.append([composite(plate, fg), read_exr(out / "colormatch" / f"demo.{frame:04d}.exr")])
+        rows.append([composite(plate, fg)] + [read_exr(out / op / f"demo.{frame:04d}.exr") for op in OPS])
     contact_sheet(rows, out / "preview.png")
-    print(f"results:  {out / 'colormatch'}/demo.####.exr ({count} frames, scene-linear Rec.709, half)")
-    print(f"preview:  {out / 'preview.png'} (left: input composite, right: colormatch)")
+    print(f"results:  {out}/{{{','.join(OPS)}}}/demo.####.exr ({count} frames each, scene-linear Rec.709, half)")
+    print(f"preview:  {out / 'preview.png'} (columns: input composite, {', '.join(OPS)})")
     print(f"job data: {out / 'jobs'}")
+    if model == "tiny":
+        print("note: harmonize ran on the built-in `tiny` model, whose weights are random: its result shows the "
+              "pipeline works, not what harmonize looks like. Real results need a real Stable Diffusion model: "
+              "name its folder in a models file (see README, 'Models').")

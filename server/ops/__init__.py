@@ -7,9 +7,9 @@ from .base import OpSpec
 
 
 def _load() -> dict[str, OpSpec]:
-    from . import colormatch
+    from . import colormatch, harmonize
 
-    return {op.name: op for op in (colormatch.OP,)}
+    return {op.name: op for op in (colormatch.OP, harmonize.OP)}
 
 
 _OPS: dict[str, OpSpec] | None = None

@@ -1,0 +1,63 @@
+"""On-disk cache of inverted latents, so re-rendering a shot with a new prompt skips inversion.
+
+Artists iterate on prompts; inversion depends only on the frame's pixels, the model, the step
+count and the inversion depth, never on the prompt, so it is computed once per frame. Entries
+are safetensors files written atomically; an unreadable entry is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+class InversionCache:
+    """Inverted latents keyed by content; `folder=None` turns the cache off."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder / "inversion" if folder is not None else None
+
+    def key(self, image: np.ndarray, model: Any, steps: int, k: int) -> str:
+        """Digest of the model-space frame, the weights, the schedule and the numeric type."""
+        h = hashlib.sha256(np.ascontiguousarray(image).tobytes())
+        h.update(json.dumps({
+            "v": CACHE_VERSION, "shape": list(image.shape), "model": model.fingerprint, "steps": steps, "k": k,
+            "dtype": str(model.dtype), "scheduler": dict(model.scheduler.config),
+        }, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def load(self, key: str, device: Any) -> list[Any] | None:
+        if self.folder is None:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self.folder / f"{key}.safetensors"
+        try:
+            tensors = load_file(path, device=str(device))
+            return [tensors[f"level{i}"] for i in range(len(tensors))]
+        except (OSError, SafetensorError, ValueError, KeyError):
+            return None
+
+    def save(self, key: str, levels: list[Any]) -> None:
+        if self.folder is None:
+            return
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({f"level{i}": t.contiguous().cpu() for i, t in enumerate(levels)}, tmp)
+            os.replace(tmp, self.folder / f"{key}.safetensors")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

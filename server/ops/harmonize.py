@@ -1,0 +1,241 @@
+"""harmonize: semantic video composition with partial inversion and inter-frame attention.
+
+Makes a composited foreground belong in its plate, frame after frame, with a pretrained Stable
+Diffusion model (METHODS.md, "1. harmonize"). Per frame i, in shot order:
+
+1. **Layers.** Plate `B`, straight foreground `F`, matte `M`; composite `C = M * F + (1 - M) * B`,
+   converted from the shot's scene-linear space to the model's display-referred sRGB.
+2. **Balanced Partial Inversion.** Encode `C`; DDIM-invert it for `k = round(strength * steps)`
+   of the `steps` steps with the empty prompt (cached on disk: a new prompt reuses it). Frames
+   are encoded and inverted in batches before the sequential generation.
+3. **Generation** from the inverted latent over the remaining `k` sampling steps, with
+   classifier-free guidance on `prompt` / `negative_prompt` at scale `guidance`,
+4. with the **background latent blend**: for the first `tau_b` of those steps, latents outside
+   the dilated matte are replaced by the inverted composite's latents of the same step,
+5. and **inter-frame attention**: for the first `tau` of those steps, every self-attention layer
+   of frame i also attends to frame i-1's foreground keys and values at the same layer and step.
+6. **Background replacement** in linear light: decode, convert back to the shot's space, and put
+   the result over the plate with the matte feathered inward, so pixels outside the matte are
+   the plate's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from cvgen.protocol.images import Image
+
+from ..errors import InputError
+from ..io.color import ColorTransform
+from .base import OpContext, OpSpec, Param, Shot
+from .layers import Layers, feathered, over_plate, read_layers
+
+StepFn = Callable[[int, int], None]
+
+#: The display-referred space Stable Diffusion models were trained on.
+MODEL_SPACE = "sRGB Encoded Rec.709 (sRGB)"
+
+PARAMS = (
+    Param("prompt", "str", "", "what the result should look like (may be empty)"),
+    Param("negative_prompt", "str", "", "what it should not look like"),
+    Param("model", "str", "", "model name from the server's models file (empty: its default)"),
+    Param("strength", "float", 0.5, "how much of the schedule is inverted and regenerated: low stays close to "
+          "the composite, high lets the foreground change more", 0.0, 1.0),
+    Param("steps", "int", 20, "sampling steps of the full schedule", 1, 200),
+    Param("guidance", "float", 5.0, "classifier-free guidance scale (2.5 when foreground and plate are the "
+          "same kind of image)", 1.0, 30.0),
+    Param("tau_b", "float", 0.8, "fraction of the generation steps that keep the background latents of the "
+          "inverted composite (0: off)", 0.0, 1.0),
+    Param("tau", "float", 0.6, "fraction of the generation steps with inter-frame attention to the previous "
+          "frame's foreground (0: off)", 0.0, 1.0),
+    Param("feather", "float", 3.0, "softens the matte's edge by about this many pixels, inward only", 0.0, 64.0),
+    Param("replace_background", "bool", True, "put the result over the untouched plate outside the matte"),
+)
+
+
+def _batch_size(device: Any) -> int:
+    """Frames encoded and inverted together: enough to fill a GPU, few enough to keep memory flat."""
+    return 8 if getattr(device, "type", "cpu") == "cuda" else 2
+
+
+def inversion_depth(params: dict[str, Any]) -> int:
+    k = round(params["strength"] * params["steps"])
+    if k < 1:
+        raise InputError(
+            f"strength {params['strength']} of {params['steps']} steps inverts no step at all; "
+            f"raise strength to at least {1 / params['steps']:.3g} or use more steps"
+        )
+    return k
+
+
+# 1. Layers ------------------------------------------------------------------------------------
+
+
+def model_input(layers: Layers, to_model: ColorTransform) -> np.ndarray:
+    """The composite in the model's space as (3, H, W) in [-1, 1]; HDR and NaN are clipped here only."""
+    m = layers.matte[..., None]
+    comp = m * layers.fg + (1 - m) * np.nan_to_num(layers.plate_rgb(), nan=0.0, posinf=1.0, neginf=0.0)
+    display = np.clip(np.nan_to_num(to_model.apply(comp), nan=0.0), 0.0, 1.0)
+    return (display * 2 - 1).transpose(2, 0, 1).astype(np.float32)
+
+
+# 2-5. Inversion and generation -----------------------------------------------------------------
+
+
+@dataclass
+class FrameGuide:
+    """What ties a frame's generation to its composite: the clean latent `z0`, the latents after
+    each inversion step, and the matte on the latent grid."""
+
+    z0: Any
+    inverted: list[Any]
+    matte: Any
+
+
+class Harmonizer:
+    """The model-side steps for one job: prompt embeddings, cached inversion, guided generation."""
+
+    def __init__(self, model: Any, params: dict[str, Any], cache: Any) -> None:
+        from ..core.attention import InterFrameAttention
+
+        self.model = model
+        self.params = params
+        self.cache = cache
+        self.steps = params["steps"]
+        self.k = inversion_depth(params)
+        self.uncond_empty = model.encode_prompt([""])
+        self.cond = model.encode_prompt([params["prompt"]])
+        self.uncond = model.encode_prompt([params["negative_prompt"]])
+        self.ifa = InterFrameAttention(params["tau"])
+
+    def encode(self, images: np.ndarray) -> tuple[Any, Any]:
+        import torch
+
+        from ..core.latents import encode
+
+        return encode(self.model.vae, torch.from_numpy(images).to(self.model.device, self.model.dtype))
+
+    def invert(self, images: np.ndarray, z0: Any, on_step: StepFn) -> list[list[Any]]:
+        """Per frame, its latents after inversion steps 1..k: from the cache, else batched."""
+        from ..core.inversion import ddim_invert, unet_eps
+
+        keys = [self.cache.key(img, self.model, self.steps, self.k) for img in images]
+        found = [self.cache.load(key, self.model.device) for key in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            levels = ddim_invert(unet_eps(self.model.unet, self.uncond_empty), self.model.scheduler,
+                                 z0[todo], self.steps, self.k, on_step)
+            for j, i in enumerate(todo):
+                found[i] = [level[j : j + 1] for level in levels]
+                self.cache.save(keys[i], found[i])
+        return [f for f in found if f is not None]
+
+    def generate(self, start: Any, on_step: StepFn, guide: FrameGuide | None = None) -> Any:
+        """Denoise `start` over the last k steps with classifier-free guidance.
+
+        With a `guide`, the background latent blend (first `tau_b` of the steps) and IFA (first
+        `tau`) join in; without one this is plain guided DDIM sampling, step for step what
+        diffusers' StableDiffusionPipeline computes.
+        """
+        from ..core.attention import self_attention_processors
+        from ..core.inversion import sampling_timesteps
+        from ..core.mattes import binarize, dilate
+        from ..core.sampling import ddim_sample, guided_eps
+
+        k = self.k
+        timesteps = sampling_timesteps(self.model.scheduler, self.steps)[self.steps - k :]
+        eps = guided_eps(self.model.unet, self.cond, self.uncond, self.params["guidance"])
+        if guide is None:
+            return ddim_sample(eps, self.model.scheduler, start, timesteps, on_step, steps=self.steps)
+        blend_steps = round(self.params["tau_b"] * k)
+        keep = dilate(binarize(guide.matte), 1)
+
+        def blend_background(i: int, z: Any) -> Any:
+            """After step i the latent sits at inversion level k-1-i (level 0 is z0)."""
+            if i >= blend_steps:
+                return z
+            level = k - 1 - i
+            target = guide.inverted[level - 1] if level > 0 else guide.z0
+            return keep * z + (1 - keep) * target
+
+        def step(i: int, n: int) -> None:
+            self.ifa.set_step(i)
+            on_step(i, n)
+
+        self.ifa.begin_frame(guide.matte, k)
+        with self_attention_processors(self.model.unet, self.ifa.processor):
+            z = ddim_sample(eps, self.model.scheduler, start, timesteps, step, blend_background, steps=self.steps)
+        self.ifa.end_frame()
+        return z
+
+    def decode(self, z: Any, padding: Any) -> np.ndarray:
+        """(H, W, 3) in [0, 1], the model's display-referred space."""
+        from ..core.latents import decode
+
+        images = decode(self.model.vae, z, padding)
+        return ((images[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)
+
+
+# The op ---------------------------------------------------------------------------------------
+
+
+def frames_to_render(shot: Shot, todo: list[int], params: dict[str, Any]) -> list[int]:
+    """`todo` plus, with IFA on, the frame before its first one (a warm-up, not written), so a
+    resumed shot or a farm chunk starts with the attention state its first frame expects."""
+    frames = list(shot.frames)
+    first = frames.index(todo[0])
+    if params["tau"] > 0 and first > 0 and frames[first - 1] not in todo:
+        return [frames[first - 1], *todo]
+    return list(todo)
+
+
+def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[int, Image]]:
+    import torch
+
+    from ..core.inversion_cache import InversionCache
+    from ..core.mattes import to_grid
+
+    model = ctx.model(params["model"])
+    to_model = ColorTransform(ctx.colorspace, MODEL_SPACE)
+    h = Harmonizer(model, params, InversionCache(ctx.cache_dir))
+    k = h.k
+    order = frames_to_render(shot, ctx.todo, params)
+    batch = _batch_size(model.device)
+    with torch.no_grad():
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            layers = [read_layers(shot, f) for f in chunk]
+            sizes = {lay.plate.pixels.shape[:2] for lay in layers}
+            if len(sizes) > 1:
+                raise InputError(f"plate frames {chunk[0]}-{chunk[-1]} change size ({sorted(sizes)}); a shot has one size")
+            images = np.stack([model_input(lay, to_model) for lay in layers])
+            z0, padding = h.encode(images)
+            inverted = h.invert(images, z0, lambda i, n, f=chunk[0]: ctx.step(f, i, 2 * k))
+            for j, frame in enumerate(chunk):
+                lay = layers[j]
+                matte = torch.from_numpy(lay.matte)[None, None].to(model.device, model.dtype)
+                guide = FrameGuide(z0[j : j + 1], inverted[j], to_grid(matte, tuple(z0.shape[-2:])))
+                z = h.generate(inverted[j][-1], lambda i, n, f=frame: ctx.step(f, k + i, 2 * k), guide)
+                if frame not in ctx.todo:
+                    continue
+                generated = to_model.inverse().apply(h.decode(z, padding))
+                if params["replace_background"]:
+                    mf = feathered(lay.matte, params["feather"])
+                    yield frame, over_plate(lay, mf, generated[mf > 0])
+                else:
+                    yield frame, over_plate(lay, np.ones_like(lay.matte), generated.reshape(-1, 3))
+
+
+OP = OpSpec(
+    name="harmonize",
+    summary="Makes the foreground belong in the plate with a diffusion model: partial inversion, "
+            "guided regeneration, inter-frame attention; the plate stays untouched outside the matte",
+    params=PARAMS,
+    inputs=("plate", "fg"),
+    optional_inputs=("matte",),
+    run=run,
+    uses_model=True,
+)
