@@ -28,6 +28,8 @@ from .io.video import read_video
 
 FIRST_FRAME = 1001
 OPS = ("colormatch", "harmonize")
+#: harmonize runs on the first frames only: diffusion on the CPU takes seconds per frame.
+HARMONIZE_FRAMES = 6
 SAMPLE_CLIP = Path("shared") / "data" / "video" / "woman-running.mp4"
 
 
@@ -109,9 +111,11 @@ def render(client: Client, op: str, inputs: dict[str, str], count: int, out: Pat
     job = JobSpec(op, (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, params=params, name="demo", output=str(out / op))
     started = time.monotonic()
     frames = 0
+    shown = -1
     for event in client.submit(job):
-        if isinstance(event, Progress):
-            print(f"\r  {op} {event.fraction:6.1%}", end="", flush=True)
+        if isinstance(event, Progress) and int(event.fraction * 100) > shown:
+            shown = int(event.fraction * 100)
+            print(f"\r  {op} {shown:3d}%", end="", flush=True)
         elif isinstance(event, FrameReady):
             frames += 1
     print(f"\r  {op}: {frames} frames in {time.monotonic() - started:.1f} s -> {out / op}/demo.####.exr")
@@ -129,17 +133,18 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
             print(f"server {info['server_version']} at {endpoint}: ops {', '.join(o['name'] for o in info['ops'])}")
             render(client, "colormatch", inputs, count, out, {})
             model = info["default_model"]
-            render(client, "harmonize", inputs, count, out, {"prompt": "a woman running by a river, overcast light"})
+            render(client, "harmonize", inputs, min(count, HARMONIZE_FRAMES), out,
+                   {"prompt": "a woman running by a river, overcast light", "steps": 10})
     finally:
         stop_server(proc)
     rows = []
-    for i in np.linspace(0, count - 1, num=min(4, count)).astype(int):
+    for i in np.linspace(0, min(count, HARMONIZE_FRAMES) - 1, num=min(3, count)).astype(int):
         frame = FIRST_FRAME + int(i)
         plate = read_exr(frame_path(inputs["plate"], frame))
         fg = read_exr(frame_path(inputs["fg"], frame))
         rows.append([composite(plate, fg)] + [read_exr(out / op / f"demo.{frame:04d}.exr") for op in OPS])
     contact_sheet(rows, out / "preview.png")
-    print(f"results:  {out}/{{{','.join(OPS)}}}/demo.####.exr ({count} frames each, scene-linear Rec.709, half)")
+    print(f"results:  {out}/{{{','.join(OPS)}}}/demo.####.exr (scene-linear Rec.709, half)")
     print(f"preview:  {out / 'preview.png'} (columns: input composite, {', '.join(OPS)})")
     print(f"job data: {out / 'jobs'}")
     if model == "tiny":

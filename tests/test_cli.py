@@ -62,3 +62,23 @@ with Client({server.endpoint!r}) as client:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "colormatch" in result.stdout
+
+
+def test_models_list_and_check(tmp_path, tiny_model_path):
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(f'default = "mine"\n[models.mine]\npath = "{tiny_model_path}"\n')
+    listed = cvgen("models", "--models", str(models_file), "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "* mine" in listed.stdout and "tiny" in listed.stdout
+    checked = cvgen("models", "--models", str(models_file), "check", "mine")
+    assert checked.returncode == 0, checked.stderr
+    assert "mine: loaded on cpu as torch.float32" in checked.stdout and "prediction epsilon" in checked.stdout
+
+
+def test_models_check_names_what_is_wrong(tmp_path):
+    missing = cvgen("models", "check", "nope")
+    assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    broken = tmp_path / "models.toml"
+    broken.write_text(f'[models.gone]\npath = "{tmp_path / "no-such-model"}"\n')
+    result = cvgen("models", "--models", str(broken), "check", "gone")
+    assert result.returncode == 1 and "no-such-model" in result.stderr and "Traceback" not in result.stderr

@@ -42,6 +42,11 @@ from ..errors import ModelNotFound
 from .tiny import TINY_VERSION, ensure_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Loading progress bars and import-time notices (optional torchvision, ...) are noise in a
+# server log and a farm task's output; errors still surface as ModelNotFound.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 if TYPE_CHECKING:
     import torch
