@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io.atomic import atomic_output
 
 CACHE_VERSION = 1
 
@@ -53,11 +53,5 @@ class InversionCache:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
+        with atomic_output(self.folder / f"{key}.safetensors", ".safetensors") as tmp:
             save_file({f"level{i}": t.contiguous().cpu() for i, t in enumerate(levels)}, tmp)
-            os.replace(tmp, self.folder / f"{key}.safetensors")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

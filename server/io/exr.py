@@ -16,7 +16,6 @@ import json
 import numbers
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import OpenImageIO as oiio
 from cvgen.protocol.images import Image
 
 from ..errors import InputError
+from .atomic import atomic_output
 
 #: Compressions cvgen writes: lossless zip/zips/piz and lossy dwaa. Blender cannot read
 #: htj2k or zstd EXRs, and the other legacy codecs gain nothing over these.
@@ -113,29 +113,6 @@ def write_exr(
         if not (ok and closed) or error:
             detail = _clean(error or _oiio_error() or "unknown error", tmp, os.fspath(path))
             raise OSError(f"cannot write {os.fspath(path)}: {detail}")
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[str]:
-    """A temp path next to `path` to write to; renamed onto `path` only if the block succeeds.
-
-    The temp name starts with a dot and ends in `.tmp<suffix>` (the suffix lets writers pick
-    the format by extension), so listings of finished frames skip it; on any failure it is
-    removed and the destination keeps whatever it held before.
-    """
-    dest = Path(path)
-    if not dest.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {dest}: the folder {dest.parent} does not exist")
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        yield str(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot write {dest}: {exc.strerror}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_signature(path: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.jobs import JobSpec, check_job_id
 
 from ..errors import NotFound
+from ..io.atomic import atomic_output
 
 #: Job states; the first two mean "not finished" and are resumed when the server restarts.
 UNFINISHED = ("queued", "running")
@@ -27,16 +27,10 @@ FINISHED = ("done", "failed", "cancelled")
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the new one, never half of either."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def output_name(spec: JobSpec, frame: int) -> str:
