@@ -34,7 +34,7 @@ def test_entries_round_trip_and_keys_follow_content_and_schedule(tmp_path, model
 def test_a_damaged_entry_reads_as_missing(tmp_path, model):
     cache = InversionCache(tmp_path)
     key = cache.key(np.zeros((3, 8, 8), np.float32), model, 4, 2)
-    cache.save(key, [torch.zeros(1, 4, 1, 1)] * 2)
+    cache.save(key, [torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1)])
     path = tmp_path / "inversion" / f"{key}.safetensors"
     path.write_bytes(path.read_bytes()[:20])
     assert cache.load(key, "cpu") is None

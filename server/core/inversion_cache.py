@@ -44,7 +44,7 @@ class InversionCache:
         try:
             tensors = load_file(path, device=str(device))
             return [tensors[f"level{i}"] for i in range(len(tensors))]
-        except (OSError, SafetensorError, ValueError, KeyError, RuntimeError):  # truncated files raise RuntimeError
+        except (OSError, SafetensorError, ValueError, KeyError):
             return None
 
     def save(self, key: str, levels: list[Any]) -> None:
