@@ -11,7 +11,7 @@ import collections
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import zmq
 
@@ -58,7 +58,7 @@ class Done:
     output: str = ""
 
 
-Event = Accepted | Progress | FrameReady | Done
+Event = Union[Accepted, Progress, FrameReady, Done]  # Union, not |: Nuke 14 runs Python 3.9
 
 
 class Client:

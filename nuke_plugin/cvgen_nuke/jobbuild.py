@@ -1,0 +1,122 @@
+"""From knob values to the job the server runs: checked here, before any frame is written.
+
+Checking parameters on the host (types, ranges, choices, inputs connected) costs nothing and
+saves a compositor from waiting for the inputs to render only to read the same refusal from
+the server. The server checks again; this is for the message, not for safety.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from cvgen.protocol import JobSpec
+
+from . import frames, knobs, paths, transfer
+from .errors import SetupError
+from .schema import OpSchema, ParamSchema, ServerInfo
+
+#: The node's inputs, in input order (input 0 is the plate).
+ROLES = ("plate", "fg", "matte", "depth")
+
+#: Nuke channels each input's Write node writes. The plate's colour is all ops need of it; the
+#: foreground is premultiplied RGBA; the matte is the matte input's alpha; depth is `depth.Z`.
+INPUT_CHANNELS = {"plate": "rgb", "fg": "rgba", "matte": "alpha", "depth": "depth"}
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """A render the node is about to do: the job, and where its files go on this machine.
+
+    `job.inputs` are the sequences the node's Write nodes render; `results` is the sequence
+    the node's Read node loads.
+    """
+
+    job: JobSpec
+    address: str
+    transfer: str
+    results: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What the render session sends: the job, and which inputs go as pixels.
+
+    With `inline_inputs` (role -> local sequence) those frames travel in the message and the
+    job names no path for them; with `deliver_to` the result pixels come back in the replies
+    and are written to that local sequence, for a server that cannot write where we read.
+    """
+
+    address: str
+    job: JobSpec
+    inline_inputs: Mapping[str, str]
+    deliver_to: str | None
+    limits: Mapping[str, int]
+
+
+def plan_render(values: Mapping[str, Any], info: ServerInfo, connected: Sequence[str],
+                frame_range: tuple[int, int], version_dir: str, name: str) -> RenderPlan:
+    """The job for the node's knob `values`, its connected input roles and frame range."""
+    op = info.op(str(values[knobs.OP]))
+    missing = [role for role in op.inputs if role not in connected]
+    if missing:
+        raise SetupError(f"{op.name} needs the {' and '.join(op.inputs)} inputs; connect {', '.join(missing)}")
+    roles = [r for r in ROLES if r in connected and (r in op.inputs or r in op.optional_inputs)]
+    address = str(values[knobs.SERVER]).strip()
+    if not address:
+        raise SetupError("the server knob is empty: give the address of `cvgen serve`, e.g. tcp://127.0.0.1:5555")
+    job = JobSpec(
+        op=op.name,
+        frames=frame_range,
+        inputs={role: paths.input_sequence(version_dir, role) for role in roles},
+        params=params_from_values(op, values),
+        colorspace=str(values[knobs.COLORSPACE]),
+        seed=int(values[knobs.SEED]),
+        name=name,
+        output=version_dir,
+    )
+    return RenderPlan(job, address, str(values[knobs.TRANSFER]), paths.result_sequence(version_dir, name))
+
+
+def params_from_values(op: OpSchema, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The op's parameters from their knobs, typed and checked against the op's schema."""
+    return {p.name: _checked(op.name, p, values[knobs.param_knob(op.name, p)])
+            for p in op.params if knobs.param_knob(op.name, p) in values}
+
+
+def submission(plan: RenderPlan, hello: Mapping[str, Any]) -> Submission:
+    """The plan as sent to a server that answered `hello` so: paths or pixels, checked limits."""
+    limits = {str(k): int(v) for k, v in (hello.get("limits") or {}).items()}
+    frames.check_count(plan.job.frames, limits.get("max_frames_per_job"))
+    if transfer.choose(plan.transfer, plan.address, str(hello.get("jobs_dir", ""))) == "paths":
+        return Submission(plan.address, plan.job, {}, None, limits)
+    job = JobSpec(plan.job.op, plan.job.frames, {}, plan.job.params, plan.job.colorspace, plan.job.seed,
+                  plan.job.name)
+    return Submission(plan.address, job, dict(plan.job.inputs), plan.results, limits)
+
+
+def _checked(op: str, param: ParamSchema, value: Any) -> Any:
+    where = f"{op} {param.name.replace('_', ' ')}"
+    if param.type == "bool":
+        return bool(value)
+    if param.type in ("str", "choice"):
+        text = str(value)
+        if param.type == "choice" and text not in param.choices:
+            raise SetupError(f"{where} must be one of {', '.join(param.choices)}, not {text!r}")
+        return text
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SetupError(f"{where} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise SetupError(f"{where} must be a number, not {value!r}")
+    if param.type == "int":
+        if number != int(number):
+            raise SetupError(f"{where} must be a whole number, not {value!r}")
+        number = int(number)
+    if param.min is not None and number < param.min:
+        raise SetupError(f"{where} must be at least {param.min:g}; it is {number:g}")
+    if param.max is not None and number > param.max:
+        raise SetupError(f"{where} must be at most {param.max:g}; it is {number:g}")
+    return number

@@ -1,0 +1,64 @@
+"""How input frames reach the server: as paths it reads itself, or as pixels in the message.
+
+Paths are faster and the normal case (one machine, or a studio filer both sides mount at the
+same place). A server elsewhere cannot read the host's disk, so the frames travel inline and
+the results come back the same way. `auto` decides from the server's `hello`: the server is on
+this machine (a loopback address), or the jobs folder it reports is visible here under the
+same absolute path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Callable, Mapping
+
+from cvgen.protocol import Image, frame_path
+
+from . import exr
+from .errors import SetupError
+
+
+def choose(setting: str, address: str, jobs_dir: str, is_dir: Callable[[str], bool] = os.path.isdir) -> str:
+    """'paths' or 'inline' for the transfer knob's `setting` (auto, paths or inline)."""
+    if setting in ("paths", "inline"):
+        return setting
+    if setting != "auto":
+        raise SetupError(f"send frames as {setting!r} is not one of auto, paths, inline")
+    shared = is_local(address) or (os.path.isabs(jobs_dir) and is_dir(jobs_dir))
+    return "paths" if shared else "inline"
+
+
+def is_local(address: str) -> bool:
+    """Whether a ZeroMQ address is on this machine (ipc, inproc or a loopback tcp host)."""
+    scheme, _, rest = address.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_inline(sequences: Mapping[str, str], frames: range) -> dict[str, dict[int, Image]]:
+    """The frames of each role's sequence, read for sending (role -> frame -> Image)."""
+    return {role: {f: exr.read(frame_path(seq, f)) for f in frames} for role, seq in sequences.items()}
+
+
+def check_size(inline: Mapping[str, Mapping[int, Image]], limits: Mapping[str, int]) -> None:
+    """Refuse a message the server would drop: ZeroMQ closes the connection on an oversized
+    message, which a host could only see as a server that stopped answering."""
+    sizes = [img.pixels.nbytes for frames in inline.values() for img in frames.values()]
+    most_per_frame = limits.get("max_buffer_bytes")
+    if most_per_frame is not None and sizes and max(sizes) > most_per_frame:
+        raise SetupError(f"a frame of {max(sizes) / 2**20:.0f} MiB is over the server's limit of "
+                         f"{most_per_frame / 2**20:.0f} MiB per frame")
+    most = limits.get("max_message_bytes")
+    if most is not None and sum(sizes) > most:
+        raise SetupError(
+            f"sending these frames as pixels takes {sum(sizes) / 2**20:.0f} MiB, over the server's limit of "
+            f"{most / 2**20:.0f} MiB per job: render a shorter range, or use a server that shares files"
+        )

@@ -1,0 +1,2 @@
+import cvgen_nuke
+cvgen_nuke.setup_init()
