@@ -1,0 +1,69 @@
+"""The Sequencer sidebar's cvgen tab: connection, op and parameters, frames, inputs, render."""
+
+from __future__ import annotations
+
+from bpy.types import Context, Panel, UILayout
+
+from .props import STRIP_ROLES, CvgenParam, op_schemas
+
+_LIGHTS = {"UNKNOWN": "RADIOBUT_OFF", "CONNECTING": "SORTTIME", "CONNECTED": "CHECKMARK", "FAILED": "ERROR"}
+
+
+class SEQUENCER_PT_cvgen(Panel):
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "cvgen"
+    bl_label = "cvgen"
+
+    def draw(self, context: Context) -> None:
+        layout = self.layout
+        session, settings = context.window_manager.cvgen, context.scene.cvgen
+        row = layout.row()
+        row.label(text=session.message or session.bl_rna.properties["connection"].enum_items[session.connection].name,
+                  icon=_LIGHTS[session.connection])
+        row.operator("cvgen.connect", text="", icon="FILE_REFRESH")
+
+        layout.prop_search(settings, "op", session, "ops", icon="NODE")
+        schema = op_schemas(context.window_manager).get(settings.op)
+        if schema is not None and schema.summary:
+            layout.label(text=schema.summary)
+        for param in settings.params:
+            _draw_param(layout, param)
+
+        col = layout.column(align=True)
+        col.prop(settings, "frame_source", expand=True)
+        editor = context.scene.sequence_editor
+        for role, label, _ in STRIP_ROLES:
+            row = layout.row()
+            row.active = schema is None or role in schema.roles
+            if editor is None:
+                row.prop(settings, role, text=label)
+            else:
+                row.prop_search(settings, role, editor, "strips" if hasattr(editor, "strips") else "sequences",
+                                text=label, icon="SEQUENCE")
+        if not settings.matte:
+            layout.label(text="Matte: the foreground's alpha", icon="INFO")
+        row = layout.row(align=True)
+        row.prop(settings, "shot")
+        row.prop(settings, "seed")
+
+        if session.running:
+            row = layout.row(align=True)
+            row.progress(factor=session.progress, type="BAR", text=session.status or "Waiting")
+            row.operator("cvgen.cancel", text="", icon="CANCEL")
+        else:
+            layout.operator("cvgen.render", icon="RENDER_ANIMATION")
+
+        box = layout.box()
+        box.prop(settings, "passes_scene")
+        box.operator("cvgen.render_passes", icon="RENDERLAYERS")
+
+
+def _draw_param(layout: UILayout, param: CvgenParam) -> None:
+    row = layout.row(align=True)
+    row.prop(param, param.field, text=param.name.replace("_", " ").capitalize())
+    if param.help:
+        row.operator("cvgen.param_help", text="", icon="QUESTION").text = param.help
+
+
+classes = (SEQUENCER_PT_cvgen,)

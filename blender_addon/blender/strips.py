@@ -1,0 +1,118 @@
+"""Strips in and out: read them for `core.strips`, render one to EXR, add results as strips.
+
+A strip the server cannot read as it is gets rendered alone through a copy of its scene's
+sequencer (the other strips muted), to float EXRs in the scene-linear space: the pixels the
+artist sees, from any kind of strip Blender can show. The copy shares the scene's objects and
+data, and is removed afterwards; the artist's scene is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import bpy
+from bpy.types import Scene
+
+from ..core import SetupError
+from ..core.protocol import protocol
+from ..core.strips import StripInfo, blender_colorspace
+
+#: Marks strips this add-on made, so a re-render replaces only its own strips.
+RESULT_MARK = "cvgen_job"
+PASS_MARK = "cvgen_pass"
+#: The space the sequencer works in while converting: Blender's scene-linear space.
+LINEAR = blender_colorspace(protocol.DEFAULT_COLORSPACE)
+
+
+def strips(scene: Scene) -> Any:
+    """The top-level strips (`sequences` before Blender 4.4, `strips` since)."""
+    editor = scene.sequence_editor_create()
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+def info(strip: Any, frames: range) -> StripInfo:
+    """`strip` for planning; for image strips, the file shown on each frame of `frames` it covers."""
+    span = (int(strip.frame_final_start), int(strip.frame_final_end))
+    files = {}
+    if strip.type == "IMAGE":
+        folder = bpy.path.abspath(strip.directory, library=strip.id_data.library)
+        for frame in frames:
+            element = strip.strip_elem_from_frame(frame) if span[0] <= frame < span[1] else None
+            if element is not None:
+                files[frame] = os.path.normpath(os.path.join(folder, element.filename))
+    return StripInfo(strip.name, strip.type, int(strip.channel), span, files, len(strip.modifiers) > 0)
+
+
+def all_info(scene: Scene) -> list[StripInfo]:
+    return [info(s, range(0)) for s in strips(scene)]
+
+
+def find(scene: Scene, name: str) -> Any:
+    strip = strips(scene).get(name)
+    if strip is None:
+        raise SetupError(f"there is no strip named {name!r} in scene {scene.name!r}")
+    return strip
+
+
+@contextmanager
+def scene_copy(scene: Scene) -> Iterator[Scene]:
+    """A linked copy of `scene` (objects and data shared, settings its own), removed afterwards."""
+    copy = scene.copy()
+    try:
+        yield copy
+    finally:
+        bpy.data.scenes.remove(copy)
+
+
+def exr_output(scene: Scene, template: str) -> None:
+    """Render settings for float RGBA EXR frames, zip-compressed (Blender can read every cvgen EXR)."""
+    settings = scene.render.image_settings
+    settings.file_format = "OPEN_EXR"
+    settings.color_mode = "RGBA"
+    settings.color_depth = "32"
+    settings.exr_codec = "ZIP"
+    scene.render.filepath = template
+    scene.render.use_file_extension = True  # `.exr` is there already; File Output nodes need this to add it
+
+
+def render_strip(scene: Scene, name: str, frames: range, template: str) -> None:
+    """Render strip `name` of `scene`, alone, over `frames` to EXRs at `template` (`####` = frame)."""
+    with scene_copy(scene) as copy:
+        for strip in strips(copy):
+            strip.mute = strip.name != name
+        copy.sequencer_colorspace_settings.name = LINEAR
+        copy.render.use_sequencer = True
+        copy.render.use_compositing = False
+        copy.frame_start, copy.frame_end = frames.start, frames.stop - 1
+        exr_output(copy, template)
+        os.makedirs(os.path.dirname(template), exist_ok=True)
+        bpy.ops.render.render(animation=True, scene=copy.name)
+    missing = [f for f in frames if not os.path.exists(protocol.frame_path(template, f))]
+    if missing:
+        raise SetupError(f"rendering strip {name!r} to EXR did not write frame {missing[0]}")
+
+
+def add_sequence(scene: Scene, name: str, folder: str, files: list[str], first: int, channel: int,
+                 mark: tuple[str, str], colorspace: str = protocol.DEFAULT_COLORSPACE) -> Any:
+    """An image strip of `files` (in `folder`) from frame `first` on `channel`, marked as ours, read
+    in `colorspace` (cvgen's name for it).
+
+    The folder is stored relative to the .blend when it can be, so the file moves with its results.
+    """
+    strip = strips(scene).new_image(name, os.path.join(folder, files[0]), channel, first)
+    for file in files[1:]:
+        strip.elements.append(file)
+    strip.directory = bpy.path.relpath(folder + os.sep) if bpy.data.filepath else folder + os.sep
+    strip.colorspace_settings.name = blender_colorspace(colorspace)
+    strip[mark[0]] = mark[1]
+    return strip
+
+
+def remove_marked(scene: Scene, name: str, mark: str) -> None:
+    """Remove strip `name` if this add-on made it (never a strip the artist renamed to that)."""
+    strip = strips(scene).get(name)
+    if strip is not None and mark in strip:
+        strips(scene).remove(strip)

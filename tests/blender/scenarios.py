@@ -1,0 +1,242 @@
+"""Scenarios for tests/test_blender.py, run by the Python of the bpy virtualenv (.venv-blender).
+
+`python scenarios.py NAME ARGS.json RESULT.json`: enables the add-on (the repository's folder,
+linked into a user extension repository, or an installed zip), builds a scene, runs the add-on's
+operators as a script or farm task would, and writes what it found as JSON for the test to check.
+Blender's user folders are the test's own (HOME, XDG_CONFIG_HOME, BLENDER_USER_EXTENSIONS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+REPO = Path(__file__).resolve().parents[2]
+ADDON = "bl_ext.user_default.cvgen"
+
+
+def enable_dev_addon() -> None:
+    """The repository's blender_addon/ as an extension folder, the way a developer works on it."""
+    repo_dir = Path(bpy.utils.user_resource("EXTENSIONS")) / "user_default"
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    import addon_utils  # importable only once bpy is
+
+    link = repo_dir / "cvgen"
+    if not link.exists():
+        link.symlink_to(REPO / "blender_addon", target_is_directory=True)
+    addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def prefs() -> Any:
+    return bpy.context.preferences.addons[ADDON].preferences
+
+
+def new_blend(path: str, frames: tuple[int, int], size: tuple[int, int] = (64, 48)) -> bpy.types.Scene:
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.name = "sh010"
+    scene.frame_start, scene.frame_end = frames
+    scene.render.resolution_x, scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    return scene
+
+
+def image_strip(scene: bpy.types.Scene, name: str, template: str, frames: list[int], channel: int,
+                start: int) -> Any:
+    files = [template.replace("####", f"{f:04d}") for f in frames]
+    editor = scene.sequence_editor_create()
+    strip = editor.strips.new_image(name, files[0], channel, start)
+    for file in files[1:]:
+        strip.elements.append(os.path.basename(file))
+    return strip
+
+
+def strip_facts(strip: Any) -> dict[str, Any]:
+    return {
+        "name": strip.name,
+        "channel": strip.channel,
+        "start": strip.frame_final_start,
+        "end": strip.frame_final_end,
+        "mute": strip.mute,
+        "files": [os.path.normpath(os.path.join(bpy.path.abspath(strip.directory), e.filename))
+                  for e in strip.elements],
+    }
+
+
+def run_render(scene: bpy.types.Scene) -> dict[str, Any]:
+    """bpy.ops.cvgen.render() as a script calls it; an error report comes back as RuntimeError."""
+    try:
+        result = min(bpy.ops.cvgen.render())
+    except RuntimeError as exc:
+        return {"result": "error", "error": str(exc), "job": scene.cvgen.last_job}
+    out: dict[str, Any] = {"result": result, "job": scene.cvgen.last_job}
+    if result == "FINISHED":
+        out["strip"] = strip_facts(scene.sequence_editor.strips[scene.cvgen.result_strip])
+    return out
+
+
+def setup_shot(args: dict[str, Any]) -> bpy.types.Scene:
+    first, last = args["frames"]
+    scene = new_blend(args["blend"], (first, last))
+    prefs().address = args["address"]
+    prefs().timeout = args.get("timeout", 10.0)
+    frames = list(range(first, last + 1))
+    plate = image_strip(scene, "plate", args["shot"]["plate"], args.get("plate_files", frames), 1,
+                        args.get("plate_start", first))
+    fg = image_strip(scene, "fg", args["shot"]["fg"], frames, 2, first)
+    scene.cvgen.plate, scene.cvgen.fg = plate.name, fg.name
+    scene.cvgen.op = args.get("op", "colormatch")
+    for name, value in args.get("params", {}).items():
+        item = scene.cvgen.params.add()
+        item.name, item.kind = name, {bool: "bool", int: "int", float: "float", str: "str"}[type(value)]
+        setattr(item, item.field, value)
+    return scene
+
+
+def scenario_render(args: dict[str, Any]) -> dict[str, Any]:
+    """Connect, render (twice when asked: the second result replaces the first strip), save."""
+    scene = setup_shot(args)
+    bpy.ops.cvgen.connect()
+    out: dict[str, Any] = {
+        "connection": bpy.context.window_manager.cvgen.connection,
+        "ops": [op.name for op in bpy.context.window_manager.cvgen.ops],
+        "params": {p.name: [p.kind, p.value] for p in scene.cvgen.params},
+        "renders": [],
+    }
+    for _ in range(args.get("renders", 1)):
+        out["renders"].append(run_render(scene))
+    out["result_strips"] = [s.name for s in scene.sequence_editor.strips if "cvgen_job" in s]
+    bpy.ops.wm.save_mainfile()
+    return out
+
+
+def scenario_convert(args: dict[str, Any]) -> dict[str, Any]:
+    """A plate slid along the timeline (its file numbers are not its frames) and a movie strip as the
+    matte: both must be rendered to EXR before the job; the EXR fg goes by path."""
+    scene = setup_shot(args)
+    movie = scene.sequence_editor.strips.new_movie("clip", args["movie"], 3, args["frames"][0])
+    scene.cvgen.matte = movie.name
+    return run_render(scene)
+
+
+def scenario_unreachable(args: dict[str, Any]) -> dict[str, Any]:
+    """Render against a server that is not there; no connect first (a farm script would not)."""
+    scene = setup_shot(args)
+    return run_render(scene)
+
+
+def scenario_offline(args: dict[str, Any]) -> dict[str, Any]:
+    """A network server while Blender's online access is off: refused before anything is sent."""
+    scene = setup_shot(args)
+    out = run_render(scene)
+    try:
+        bpy.ops.cvgen.connect()
+    except RuntimeError as exc:
+        out["connect_error"] = str(exc)
+    out["online_access"] = bpy.app.online_access
+    return out
+
+
+def scenario_passes(args: dict[str, Any]) -> dict[str, Any]:
+    """A Cycles scene (a cube in front of a plane, the cube selected): passes, then a render on them."""
+    first, last = args["frames"]
+    scene = new_blend(args["blend"], (first, last))
+    prefs().address = args["address"]
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 4
+    scene.cycles.device = "CPU"
+    bpy.ops.mesh.primitive_plane_add(size=20, location=(0, 0, -2))
+    bpy.ops.mesh.primitive_cube_add(size=1.5, location=(0, 0, 0))
+    cube = bpy.context.active_object
+    bpy.ops.object.light_add(type="SUN", location=(0, 0, 5))
+    bpy.ops.object.camera_add(location=(0, -6, 2), rotation=(1.25, 0, 0))
+    scene.camera = bpy.context.active_object
+    bpy.ops.object.select_all(action="DESELECT")
+    cube.select_set(True)
+    cube.pass_index = 3
+    compositor_before = scene.use_nodes
+    bpy.ops.cvgen.render_passes()
+    settings = scene.cvgen
+    strips = scene.sequence_editor.strips
+    out: dict[str, Any] = {
+        "inputs": {role: strip_facts(strips[getattr(settings, role)]) for role in ("plate", "fg", "matte", "depth")},
+        "cube_pass_index": cube.pass_index,
+        "compositor_unchanged": scene.use_nodes == compositor_before,
+        "scenes": [s.name for s in bpy.data.scenes],
+    }
+    settings.op = "colormatch"
+    out["render"] = run_render(scene)
+    return out
+
+
+def scenario_local_server(args: dict[str, Any]) -> dict[str, Any]:
+    """Start `cvgen serve` from the preferences, connect to it, stop it."""
+    from bl_ext.user_default.cvgen.core.local_server import LOCAL
+
+    new_blend(args["blend"], (1, 1))
+    prefs().address = args["address"]
+    prefs().server_python = args["python"]
+    prefs().timeout = 60.0
+    bpy.ops.cvgen.server_start()
+    out = {"started": LOCAL.status(), "log": str(LOCAL.log_path)}
+    bpy.ops.cvgen.connect()
+    out["connection"] = bpy.context.window_manager.cvgen.connection
+    out["message"] = bpy.context.window_manager.cvgen.message
+    bpy.ops.cvgen.server_stop()
+    out["stopped"] = LOCAL.status()
+    return out
+
+
+def scenario_install(args: dict[str, Any]) -> dict[str, Any]:
+    """Install the built zip as an extension, enable it, and talk to a server through its own copies
+    of the protocol package and of pyzmq/msgpack."""
+    bpy.ops.extensions.package_install_files(filepath=args["zip"], repo="user_default", enable_on_install=True)
+    import zmq
+    from bl_ext.user_default.cvgen.core.protocol import protocol
+
+    new_blend(args["blend"], (1, 1))
+    prefs().address = args["address"]
+    bpy.ops.cvgen.connect()
+    return {
+        "enabled": ADDON in bpy.context.preferences.addons,
+        "protocol": protocol.__name__,
+        "protocol_file": protocol.__file__,
+        "zmq_file": zmq.__file__,
+        "connection": bpy.context.window_manager.cvgen.connection,
+    }
+
+
+def scenario_interrupt(args: dict[str, Any]) -> dict[str, Any]:
+    """A long render that the test interrupts (SIGINT, as Ctrl-C on a farm console) once it runs."""
+    scene = setup_shot(args)
+    Path(args["ready"]).write_text("rendering")
+    return run_render(scene)
+
+
+SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    name.removeprefix("scenario_"): fn for name, fn in globals().items() if name.startswith("scenario_")
+}
+
+
+def main() -> None:
+    name, args_path, result_path = sys.argv[1:4]
+    args = json.loads(Path(args_path).read_text())
+    if name != "install":
+        enable_dev_addon()
+    result = SCENARIOS[name](args)
+    Path(result_path).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

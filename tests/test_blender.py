@@ -1,0 +1,277 @@
+"""The Blender add-on in real Blender: `bpy` 4.5 from PyPI, in its own virtualenv (.venv-blender,
+because bpy pins numpy < 2), driven as a subprocess against real `cvgen serve` processes.
+
+Each test runs one scenario of tests/blender/scenarios.py with Blender's user folders inside the
+test's tmp_path, then checks what Blender made (strips, files) with cvgen's own EXR reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cvgen.protocol.client import Client
+from cvgen.server.io.exr import read_exr
+from support import ServerProcess, make_shot
+
+REPO = Path(__file__).resolve().parents[1]
+BLENDER_PYTHON = REPO / ".venv-blender" / "bin" / "python"
+SCENARIOS = Path(__file__).resolve().parent / "blender" / "scenarios.py"
+SETUP = (
+    "create the bpy virtualenv in the repository root with\n"
+    "  python3.11 -m venv .venv-blender && .venv-blender/bin/python -m pip install 'bpy==4.5.*' pyzmq msgpack\n"
+    "(CI's make test does this)"
+)
+FRAMES = (1001, 1004)
+
+
+@pytest.fixture(scope="session")
+def blender_python() -> Path:
+    """The bpy virtualenv's Python; its absence fails the tests (CI creates it), never skips them."""
+    if not BLENDER_PYTHON.exists():
+        pytest.fail(f"{BLENDER_PYTHON} does not exist: " + SETUP, pytrace=False)
+    check = subprocess.run([str(BLENDER_PYTHON), "-c", "import bpy, zmq, msgpack"], capture_output=True, text=True,
+                           check=False)
+    if check.returncode != 0:
+        pytest.fail(f"{BLENDER_PYTHON} cannot import bpy, zmq and msgpack ({check.stderr.strip()[-300:]}): " + SETUP,
+                    pytrace=False)
+    return BLENDER_PYTHON
+
+
+def blender_env(tmp_path: Path) -> dict[str, str]:
+    """Blender's user folders (config, extensions) inside the test's own folder."""
+    home = tmp_path / "home"
+    return {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "BLENDER_USER_EXTENSIONS": str(tmp_path / "extensions")}
+
+
+def scenario_files(tmp_path: Path, name: str, args: dict[str, Any]) -> tuple[list[str], Path]:
+    args_path, result_path = tmp_path / f"{name}-args.json", tmp_path / f"{name}-result.json"
+    args_path.write_text(json.dumps(args))
+    return [str(BLENDER_PYTHON), str(SCENARIOS), name, str(args_path), str(result_path)], result_path
+
+
+def run_scenario(tmp_path: Path, name: str, args: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+    command, result_path = scenario_files(tmp_path, name, args)
+    proc = subprocess.run(command, env=blender_env(tmp_path), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0 and result_path.exists(), f"scenario {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(result_path.read_text())
+
+
+@pytest.fixture
+def shot_args(tmp_path: Path, server: ServerProcess) -> dict[str, Any]:
+    (tmp_path / "project").mkdir()
+    return {
+        "shot": make_shot(tmp_path / "footage", range(FRAMES[0], FRAMES[1] + 2)),
+        "frames": list(FRAMES),
+        "blend": str(tmp_path / "project" / "sh010.blend"),
+        "address": server.endpoint,
+    }
+
+
+def assert_result_strip(strip: dict[str, Any], job: str, project: Path, channel: int) -> None:
+    """The strip shows the job's frames from the job's folder, on the timeline's frame numbers."""
+    assert strip["channel"] == channel
+    assert (strip["start"], strip["end"]) == (FRAMES[0], FRAMES[1] + 1)
+    folder = project / "cvgen" / "sh010" / job
+    assert strip["files"] == [str(folder / f"sh010.{f}.exr") for f in range(FRAMES[0], FRAMES[1] + 1)]
+
+
+def test_render_adds_the_result_strip_and_a_rerender_replaces_it(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    result = run_scenario(tmp_path, "render", {**shot_args, "renders": 2, "params": {"strength": 0.5}})
+
+    assert result["connection"] == "CONNECTED"
+    assert result["ops"] == ["colormatch", "harmonize"]
+    assert result["params"]["strength"] == ["float", 0.5], "the artist's value survives the schema refresh"
+    assert result["params"]["temporal"] == ["float", 3.0], "the other parameters take the server's defaults"
+    first, second = result["renders"]
+    assert first["result"] == second["result"] == "FINISHED"
+    assert first["job"] != second["job"]
+    project = tmp_path / "project"
+    assert_result_strip(second["strip"], second["job"], project, channel=3)
+    assert result["result_strips"] == [second["strip"]["name"]], "the second result replaced the first strip"
+    assert all(Path(f).exists() for f in first["strip"]["files"]), "earlier results stay on disk"
+    with Client(server.endpoint) as client:
+        status = client.status(second["job"])
+        spec = json.loads((tmp_path / "jobs" / second["job"] / "spec.json").read_text())
+    assert status["state"] == "done" and status["done"] == 4
+    assert status["output"] == str(project / "cvgen" / "sh010" / second["job"])
+    assert spec["inputs"] == {"plate": shot_args["shot"]["plate"], "fg": shot_args["shot"]["fg"]}, "EXR strips go by path"
+    assert spec["params"]["strength"] == 0.5 and spec["params"]["radius"] == 0.01
+    for frame, path in zip(range(FRAMES[0], FRAMES[1] + 1), second["strip"]["files"]):
+        image = read_exr(path)
+        plate = read_exr(shot_args["shot"]["plate"].replace("####", str(frame)))
+        assert image.has("R", "G", "B", "A") and image.data_window == plate.data_window
+        assert image.attributes["cvgen:op"] == "colormatch"
+        assert json.loads(image.attributes["cvgen:params"])["strength"] == 0.5
+        keep = read_exr(shot_args["shot"]["fg"].replace("####", str(frame))).channel("A") == 0
+        assert np.array_equal(image.stack(("R", "G", "B"))[keep], plate.stack(("R", "G", "B"))[keep])
+
+
+def test_strips_the_server_cannot_read_are_rendered_to_exr_first(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any], shared_data: Path
+) -> None:
+    """A plate slid one frame along the timeline and a movie as the matte."""
+    result = run_scenario(tmp_path, "convert", {
+        **shot_args, "plate_start": FRAMES[0] - 1, "plate_files": list(range(FRAMES[0], FRAMES[1] + 2)),
+        "movie": str(shared_data / "video" / "woman-running.mp4"),
+    })
+
+    assert result["result"] == "FINISHED"
+    job = result["job"]
+    assert_result_strip(result["strip"], job, tmp_path / "project", channel=4)
+    inputs = json.loads((tmp_path / "jobs" / job / "spec.json").read_text())["inputs"]
+    converted = tmp_path / "project" / "cvgen" / "sh010" / job / "inputs"
+    assert inputs == {"plate": str(converted / "plate" / "plate.####.exr"), "fg": shot_args["shot"]["fg"],
+                      "matte": str(converted / "matte" / "matte.####.exr")}
+    for frame in range(FRAMES[0], FRAMES[1] + 1):
+        plate = read_exr(converted / "plate" / f"plate.{frame}.exr")
+        shown = read_exr(shot_args["shot"]["plate"].replace("####", str(frame + 1)))
+        assert np.array_equal(plate.stack(("R", "G", "B", "A")), shown.stack(("R", "G", "B", "A"))), \
+            "the timeline's frame, converted bit for bit (the sequencer works in linear light)"
+        matte = read_exr(converted / "matte" / f"matte.{frame}.exr")
+        assert matte.has("R", "G", "B", "A") and matte.width == 64 and matte.height == 48
+
+
+def test_a_stopped_server_is_reported_without_hanging(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    server.stop()
+    start = time.monotonic()
+    result = run_scenario(tmp_path, "unreachable", {**shot_args, "timeout": 2.0})
+
+    assert time.monotonic() - start < 60
+    assert result["result"] == "error"
+    assert f"no answer from the cvgen server at {server.endpoint} within 2 s" in result["error"]
+
+
+def test_a_network_server_is_refused_while_online_access_is_off(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    # .invalid never resolves: even a regression would send nothing anywhere.
+    result = run_scenario(tmp_path, "offline", {**shot_args, "address": "tcp://farm.invalid:5555"})
+
+    assert result["online_access"] is False
+    for error in (result["error"], result["connect_error"]):
+        assert "is on the network, and Blender's online access is off" in error
+
+
+def test_ctrl_c_in_a_headless_render_cancels_the_job_on_the_server(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    frames = (1001, 1024)
+    shot = make_shot(tmp_path / "long", range(frames[0], frames[1] + 1))
+    command, result_path = scenario_files(tmp_path, "interrupt", {
+        **shot_args, "shot": shot, "frames": list(frames), "op": "harmonize", "params": {"steps": 50},
+        "ready": str(tmp_path / "ready"),
+    })
+    proc = subprocess.Popen(command, env=blender_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        with Client(server.endpoint) as client:
+            deadline = time.monotonic() + 120
+            while not client.status().get("running"):
+                assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
+                time.sleep(0.1)
+            job = client.status()["running"][0]
+            proc.send_signal(signal.SIGINT)
+            output = proc.communicate(timeout=60)[0]
+            assert proc.returncode == 0, output[-3000:]
+            deadline = time.monotonic() + 30
+            while client.status(job)["state"] != "cancelled":
+                assert time.monotonic() < deadline, f"job state stayed {client.status(job)['state']}"
+                time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = json.loads(result_path.read_text())
+    assert result == {"result": "CANCELLED", "job": job}
+    assert "interrupted; the job is cancelling" in output
+
+
+def test_render_passes_give_plate_depth_and_matte_the_server_reads(
+    blender_python: Path, tmp_path: Path, server: ServerProcess
+) -> None:
+    (tmp_path / "project").mkdir()
+    result = run_scenario(tmp_path, "passes", {
+        "frames": [1, 2], "blend": str(tmp_path / "project" / "passes.blend"), "address": server.endpoint,
+    })
+
+    passes = tmp_path / "project" / "cvgen" / "sh010" / "passes" / "ViewLayer"
+    inputs = result["inputs"]
+    assert inputs["plate"]["files"] == [str(passes / "plate" / f"plate.000{f}.exr") for f in (1, 2)]
+    assert inputs["fg"] == inputs["plate"], "with no foreground set, the rendered picture is the foreground"
+    assert [inputs[r]["channel"] for r in ("plate", "depth", "matte")] == [1, 2, 3]
+    assert [inputs[r]["mute"] for r in ("plate", "depth", "matte")] == [False, True, True]
+    assert result["cube_pass_index"] == 3, "the objects' pass indices are put back"
+    assert result["compositor_unchanged"] and result["scenes"] == ["sh010"], "the artist's scene is untouched"
+    for frame in (1, 2):
+        plate = read_exr(passes / "plate" / f"plate.000{frame}.exr")
+        depth = read_exr(passes / "depth" / f"depth.000{frame}.exr")
+        matte = read_exr(passes / "matte" / f"matte.000{frame}.exr")
+        assert plate.channels == ("R", "G", "B", "A") and plate.pixels.dtype == np.float16
+        assert depth.channels == ("V",) and matte.channels == ("V",)
+        cube = matte.pixels[..., 0] > 0.99
+        assert 0.05 < cube.mean() < 0.6, "the cube is in the middle of the frame, the plane around it"
+        assert matte.pixels.min() >= 0 and matte.pixels.max() <= 1
+        z = depth.pixels[..., 0]
+        assert np.all((z[cube] > 4) & (z[cube] < 7)), "the camera is about 6 units from the cube"
+        assert np.median(z[~cube & (matte.pixels[..., 0] == 0)]) > np.median(z[cube]), "the plane is behind it"
+    render = result["render"]
+    assert render["result"] == "FINISHED" and render["strip"]["channel"] == 4
+    assert render["strip"]["files"][0].endswith("sh010.0001.exr")
+
+
+def test_start_and_stop_a_local_server_from_the_preferences(blender_python: Path, tmp_path: Path) -> None:
+    probe = ServerProcess(tmp_path / "probe").start()  # a free loopback port: a server's own pick
+    address = probe.endpoint
+    probe.stop()
+    result = run_scenario(tmp_path, "local_server", {
+        "blend": str(tmp_path / "l.blend"), "address": address, "python": sys.executable,
+    })
+
+    assert result["started"].startswith(f"running on {address}")
+    assert result["connection"] == "CONNECTED", result["message"]
+    assert result["stopped"] == "stopped (exit code 0): cvgen server stopped"
+    assert Path(result["log"]).is_relative_to(tmp_path / "extensions" / ".user"), "the add-on's user folder"
+
+
+@pytest.fixture(scope="session")
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, str(REPO / "blender_addon" / "build.py"), "--out", str(folder / "cvgen.zip"),
+                    "--wheels", str(folder / "wheels")], check=True, capture_output=True, text=True)
+    return folder / "cvgen.zip"
+
+
+def test_the_built_zip_is_a_valid_extension(blender_python: Path, extension_zip: Path) -> None:
+    """Blender's own extension tool (what `blender --command extension validate` runs) accepts it."""
+    tool = next(blender_python.parents[1].glob("lib/python3.*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    proc = subprocess.run([str(blender_python), str(tool), "validate", str(extension_zip)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success" in proc.stdout
+
+
+def test_the_built_zip_installs_and_talks_to_the_server(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, extension_zip: Path
+) -> None:
+    result = run_scenario(tmp_path, "install", {
+        "zip": str(extension_zip), "blend": str(tmp_path / "i.blend"), "address": server.endpoint,
+    })
+
+    assert result["enabled"] and result["connection"] == "CONNECTED"
+    assert result["protocol"] == "bl_ext.user_default.cvgen._vendor.cvgen_protocol", "the bundled copy"
+    site = next((tmp_path / "extensions" / ".local" / "lib").glob("python3.*/site-packages"))
+    assert (site / "zmq").is_dir() and (site / "msgpack").is_dir(), "Blender installed the bundled wheels"

@@ -1,0 +1,294 @@
+"""The Blender add-on's logic that does not need Blender (blender_addon/core), in the main
+environment: parameters from op schemas, strip planning, paths, the network rule, jobs against a
+real `cvgen serve`, the local server, and the extension build's wheel requests."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import signal
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from cvgen.protocol.client import Accepted, Done, FrameReady, Progress
+from support import ServerProcess, make_shot
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, folder: Path) -> ModuleType:
+    """`folder` as the package `name`: blender_addon/__init__.py imports bpy, core/ does not."""
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+core = _load("cvgen_blender_core", REPO / "blender_addon" / "core")
+SetupError = core.SetupError
+connection, jobs, local_server, params, shots, strips = (
+    importlib.import_module(f"cvgen_blender_core.{name}")
+    for name in ("connection", "jobs", "local_server", "params", "shots", "strips")
+)
+
+_spec = importlib.util.spec_from_file_location("cvgen_blender_build", REPO / "blender_addon" / "build.py")
+assert _spec is not None and _spec.loader is not None
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+
+SCHEMA = params.OpSchema.from_hello({
+    "name": "grade", "summary": "s", "inputs": ["plate", "fg"], "optional_inputs": ["matte"],
+    "params": [
+        {"name": "strength", "type": "float", "default": 1.0, "help": "h", "min": 0, "max": 1},
+        {"name": "steps", "type": "int", "default": 20, "help": ""},
+        {"name": "look", "type": "choice", "default": "warm", "help": "", "choices": ["warm", "cool"]},
+        {"name": "prompt", "type": "str", "default": "", "help": ""},
+        {"name": "future", "type": "tensor", "default": None, "help": "a kind this add-on does not know"},
+    ],
+})
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+def test_params_follow_the_schema_and_keep_the_artists_values_that_still_fit() -> None:
+    values = params.from_schema(SCHEMA, {"strength": 0.25, "steps": "many", "look": "sepia", "gone": 1})
+    assert [(p.name, p.kind, p.value) for p in values] == [
+        ("strength", "float", 0.25), ("steps", "int", 20), ("look", "choice", "warm"), ("prompt", "str", ""),
+    ]
+    assert values[2].choices == ("warm", "cool") and values[0].help == "h"
+
+
+@pytest.mark.parametrize(("kind", "value", "ok"), [
+    ("float", 1, True), ("float", float("nan"), False), ("float", True, False), ("int", 2.0, False),
+    ("bool", 0, False), ("bool", False, True), ("str", "", True), ("choice", "cool", True), ("choice", "x", False),
+])
+def test_fits(kind: str, value: Any, ok: bool) -> None:
+    assert params.fits(kind, value, ("warm", "cool")) is ok
+
+
+def test_job_params_drop_stale_ones_and_send_floats_as_the_artist_saw_them() -> None:
+    sent, warnings = params.job_params(SCHEMA, {"strength": 0.009999999776482582, "steps": 7, "old": 1})
+    assert sent == {"strength": 0.01, "steps": 7}
+    assert warnings == ["grade has no parameter 'old' any more; it was not sent"]
+
+
+def test_an_unknown_op_names_what_the_server_offers() -> None:
+    with pytest.raises(SetupError, match="the server has no op 'blur'; it offers grade"):
+        params.find_op({"grade": SCHEMA}, "blur")
+
+
+# -- strips --------------------------------------------------------------------------------
+
+def exr_strip(files: dict[int, str], kind: str = "IMAGE", span: tuple[int, int] = (1001, 1005)) -> strips.StripInfo:
+    return strips.StripInfo("plate", kind, 1, span, files)
+
+
+def test_an_exr_sequence_numbered_like_the_timeline_goes_by_path() -> None:
+    files = {f: f"/shots/sh010/plate.{f}.exr" for f in range(1001, 1005)}
+    assert strips.path_template(exr_strip(files), range(1001, 1005)) == ("/shots/sh010/plate.####.exr", "")
+
+
+@pytest.mark.parametrize(("files", "kind", "why"), [
+    ({f: f"/p/plate.{f + 1}.exr" for f in range(1001, 1005)}, "IMAGE", "frame 1001 shows plate.1002.exr, whose number is not 1001"),
+    ({f: f"/p/plate.{f}.png" for f in range(1001, 1005)}, "IMAGE", "frame 1001 shows plate.1001.png, not an EXR"),
+    ({f: "/p/still.exr" for f in range(1001, 1005)}, "IMAGE", "frame 1001 shows still.exr, whose number is not 1001"),
+    ({f: f"/p/{'a' if f % 2 else 'b'}.{f}.exr" for f in range(1001, 1005)}, "IMAGE", "its files do not follow one naming pattern"),
+    ({}, "MOVIE", "it is a movie strip"),
+])
+def test_other_strips_are_converted_and_the_reason_says_why(files: dict[int, str], kind: str, why: str) -> None:
+    assert strips.path_template(exr_strip(files, kind), range(1001, 1005)) == (None, why)
+
+
+def test_a_strip_that_does_not_cover_the_frames_is_an_error() -> None:
+    with pytest.raises(SetupError, match="strip 'plate' covers frames 1001-1004, not all of 1001-1010"):
+        strips.path_template(exr_strip({}), range(1001, 1011))
+
+
+def test_the_result_goes_on_the_first_free_channel_above_the_inputs() -> None:
+    inputs = [strips.StripInfo("plate", "IMAGE", 1, (1001, 1049)), strips.StripInfo("fg", "IMAGE", 2, (1001, 1049))]
+    others = [strips.StripInfo("title", "TEXT", 3, (1040, 1060)), strips.StripInfo("late", "COLOR", 4, (1049, 1100))]
+    assert strips.result_channel(inputs, others, range(1001, 1049)) == 4, "'late' starts after the range"
+    assert strips.result_channel(inputs, others[:1], range(1001, 1030)) == 3
+
+
+def test_result_files_must_be_one_gapless_sequence() -> None:
+    assert strips.result_files({2: "/o/s.0002.exr", 1: "/o/s.0001.exr"}) == ("/o", ["s.0001.exr", "s.0002.exr"], 1)
+    with pytest.raises(SetupError, match="with gaps"):
+        strips.result_files({1: "/o/s.0001.exr", 3: "/o/s.0003.exr"})
+    with pytest.raises(SetupError, match="2 folders"):
+        strips.result_files({1: "/o/s.0001.exr", 2: "/p/s.0002.exr"})
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+def test_shot_names_and_job_ids_are_safe_for_files_and_the_protocol(tmp_path: Path) -> None:
+    from cvgen.protocol.jobs import check_job_id
+
+    assert shots.shot_name("sh 010/comp: v2") == "sh_010_comp_v2"
+    assert shots.shot_name("///") == "shot"
+    job_id = shots.new_job_id("sh 010/comp", now=0)
+    assert job_id.startswith("sh_010_comp-19700101-") and check_job_id(job_id) == job_id
+    assert shots.job_dir(str(tmp_path / "a.blend"), "sh010", job_id) == tmp_path / "cvgen" / "sh010" / job_id
+    with pytest.raises(SetupError, match="save the .blend file first"):
+        shots.shot_dir("", "sh010")
+
+
+# -- connection ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("address", "local"), [
+    ("tcp://127.0.0.1:5555", True), ("tcp://localhost:5555", True), ("tcp://[::1]:5555", True),
+    ("tcp://127.2.0.1:5555", True), ("ipc:///tmp/cvgen", True), ("tcp://gpu-box:5555", False),
+    ("tcp://192.0.2.7:5555", False),
+])
+def test_local_addresses(address: str, local: bool) -> None:
+    assert connection.is_local(address) is local
+
+
+def test_network_servers_need_online_access() -> None:
+    connection.check_allowed("tcp://127.0.0.1:5555", online_access=False)
+    connection.check_allowed("tcp://gpu-box:5555", online_access=True)
+    with pytest.raises(SetupError, match="online access is off"):
+        connection.check_allowed("tcp://gpu-box:5555", online_access=False)
+    with pytest.raises(SetupError, match="must look like tcp://HOST:PORT"):
+        connection.host_of("gpu-box:5555")
+
+
+def test_key_files_are_refused_until_the_client_takes_keys() -> None:
+    plain = connection.ServerSettings("tcp://127.0.0.1:5555", timeout=3.0)
+    assert connection.client_options(plain) == {"timeout": 3.0}
+    with pytest.raises(SetupError, match="cannot use keys yet"):
+        connection.client_options(connection.ServerSettings(server_key="/keys/server.key"))
+
+
+# -- jobs against a real server ------------------------------------------------------------
+
+def request(server: ServerProcess, shot: dict[str, str], tmp_path: Path, **changes: Any) -> jobs.RenderRequest:
+    fields: dict[str, Any] = {
+        "server": connection.ServerSettings(server.endpoint, timeout=5.0), "online_access": False,
+        "op": "colormatch", "frames": (1001, 1003), "inputs": shot, "params": {"strength": 0.5}, "name": "sh010",
+        "output": str(tmp_path / "out"), "job_id": shots.new_job_id("sh010"),
+    }
+    fields.update(changes)
+    return jobs.RenderRequest(**fields)
+
+
+def test_run_job_drops_inputs_the_op_does_not_take_and_returns_done(server: ServerProcess, tmp_path: Path) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1004))
+    events: list[Any] = []
+    done = jobs.run_job(request(server, {**shot, "depth": shot["plate"]}, tmp_path), events.append)
+
+    assert isinstance(done, Done) and sorted(done.frames) == [1001, 1002, 1003]
+    assert events[0] == jobs.Notice("colormatch does not take a depth input; it was not sent")
+    assert isinstance(events[1], Accepted) and events[-1] is done
+    assert sum(isinstance(e, FrameReady) for e in events) == 3
+
+
+def test_a_missing_required_input_stops_before_submitting(server: ServerProcess, tmp_path: Path) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1004))
+    with pytest.raises(SetupError, match="colormatch needs a fg strip"):
+        jobs.run_job(request(server, {"plate": shot["plate"]}, tmp_path), lambda e: None)
+
+
+def test_server_errors_reach_the_artist_as_a_sentence(server: ServerProcess, tmp_path: Path) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1004))
+    worker = jobs.JobWorker(request(server, shot, tmp_path, params={"strength": 7.0})).start()
+    finished = wait_finished(worker)
+    assert finished.error == "cvgen server: parameter strength must be between 0.0 and 1.0 but is 7.0 (bad_request)"
+    assert not finished.cancelled
+
+
+def wait_finished(worker: jobs.Worker, timeout: float = 120) -> jobs.Finished:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in worker.poll():
+            if isinstance(event, jobs.Finished):
+                return event
+        time.sleep(0.05)
+    raise AssertionError("the worker never finished")
+
+
+def test_a_worker_cancels_the_running_job_on_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    """What the panel's Cancel button and Esc do: the UI thread polls, the server stops the job."""
+    shot = make_shot(tmp_path / "shot", range(1001, 1025))
+    req = request(server, shot, tmp_path, op="harmonize", frames=(1001, 1024), params={"steps": 50})
+    worker = jobs.JobWorker(req).start()
+    deadline = time.monotonic() + 120
+    while not any(isinstance(e, Progress) for e in worker.poll()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker.cancel()
+    finished = wait_finished(worker)
+    assert finished.cancelled and "cancelled" in finished.error
+    assert jobs.hello(req.server, False)["ops"]  # the server lives on
+    from cvgen.protocol.client import Client
+
+    with Client(server.endpoint) as client:
+        assert client.status(req.job_id)["state"] == "cancelled"
+
+
+def test_a_cancel_before_the_job_is_sent_never_starts_it(server: ServerProcess, tmp_path: Path) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1004))
+    req = request(server, shot, tmp_path)
+    with pytest.raises(jobs.protocol.JobCancelled):
+        jobs.run_job(req, lambda e: None, cancelled=lambda: True)
+    assert not (tmp_path / "jobs" / req.job_id).exists()
+
+
+def test_a_dead_server_is_reported_after_the_timeout(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "jobs").start()
+    srv.stop(signal.SIGKILL)
+    req = jobs.RenderRequest(connection.ServerSettings(srv.endpoint, timeout=1.0), False, "colormatch", (1, 1), {},
+                             {}, "s", str(tmp_path), "s-1")
+    finished = wait_finished(jobs.JobWorker(req).start(), timeout=30)
+    assert finished.error == f"no answer from the cvgen server at {srv.endpoint} within 1 s; is `cvgen serve` running there?"
+
+
+# -- local server --------------------------------------------------------------------------
+
+def test_local_server_checks_its_settings(tmp_path: Path) -> None:
+    server = local_server.LocalServer()
+    assert server.status() == "not started"
+    with pytest.raises(SetupError, match="not an executable file"):
+        server.start(str(tmp_path), "tcp://127.0.0.1:5555", tmp_path)
+    with pytest.raises(SetupError, match="needs a loopback address with a port"):
+        server.start(sys.executable, "tcp://gpu-box:5555", tmp_path)
+
+
+def test_local_server_reports_a_server_that_exits(tmp_path: Path) -> None:
+    probe = ServerProcess(tmp_path / "probe").start()
+    try:
+        server = local_server.LocalServer()
+        server.start(sys.executable, probe.endpoint, tmp_path / "local")  # the port is taken
+        server.proc.wait(60)  # type: ignore[union-attr]
+        assert server.status().startswith("stopped (exit code 1): ")
+        assert "Address already in use" in server.status()
+    finally:
+        probe.stop()
+
+
+# -- the extension build ---------------------------------------------------------------------
+
+def test_wheel_requests_come_from_the_manifests_file_names() -> None:
+    assert build.wheel_request("pyzmq-27.3.0-cp311-cp311-manylinux_2_26_x86_64.manylinux_2_28_x86_64.whl") == (
+        "pyzmq==27.3.0", ["manylinux_2_26_x86_64", "manylinux_2_28_x86_64"])
+    assert build.wheel_request("msgpack-1.2.4-cp311-cp311-win_amd64.whl") == ("msgpack==1.2.4", ["win_amd64"])
+
+
+def test_the_add_on_files_leave_out_tools_and_caches() -> None:
+    shipped = {p.relative_to(REPO / "blender_addon").as_posix() for p in build.addon_files()}
+    assert {"__init__.py", "blender_manifest.toml", "core/jobs.py", "blender/operators.py"} <= shipped
+    assert not any(p.endswith((".pyc", "build.py", "README.md")) or "__pycache__" in p for p in shipped)
+
+
+def test_conversions_refuse_a_job_in_another_colour_space() -> None:
+    strips.check_convertible("clip", "it is a movie strip", "Linear Rec.709 (sRGB)")
+    with pytest.raises(SetupError, match="Blender writes those in Linear Rec.709 \\(sRGB\\), not the job's ACEScg"):
+        strips.check_convertible("clip", "it is a movie strip", "ACEScg")
+    assert strips.blender_colorspace("Linear Rec.709 (sRGB)") == "Linear Rec.709"
+    assert strips.blender_colorspace("ACEScg") == "ACEScg"
