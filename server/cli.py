@@ -1,4 +1,4 @@
-"""`cvgen` command line: serve, render a job file, import footage, run the demo."""
+"""`cvgen` command line: serve, render a job file, describe it for a render farm, import footage, run the demo."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Sequence
 
 from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec
+
+from .farm.commands import add_farm_parser
 
 log = logging.getLogger("cvgen")
 
@@ -54,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "else JOBNAME-frames beside the job file)")
     render.add_argument("--models", help=MODELS_HELP)
     render.add_argument("--device", help="device for ops with a model, e.g. cuda:1 or cpu (default: the first GPU, else the CPU)")
+    render.add_argument("--warmup", type=int, help="frames before the first one that ops carrying state from frame "
+                                                   "to frame render and discard, so a chunk's seam does not jump "
+                                                   "(default: the op's)")
     render.set_defaults(func=cmd_render)
+
+    add_farm_parser(sub)
 
     models = sub.add_parser("models", help="list or check the configured models")
     models.add_argument("--models", help=MODELS_HELP)
@@ -140,7 +147,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .core.models import ModelCache, ModelRegistry
 
     models = ModelCache(ModelRegistry.load(args.models))
-    written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame, models=models, device=args.device)
+    written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame, models=models, device=args.device,
+                      warmup=args.warmup)
     print(f"rendered {len(written)} frame(s) into {output}", flush=True)
     return 0
 

@@ -83,14 +83,20 @@ def run_job(
     is_cancelled: Callable[[], bool] = lambda: False,
     models: Any = None,
     device: str | None = None,
+    warmup: int | None = None,
 ) -> list[int]:
     """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
 
     `frames` narrows the work to a sub-range (a farm chunk); relative input paths are taken
     from `base` (the job file's folder). `models` is the worker's model cache (one is made from
-    the default models file when an op needs a model and none is given).
+    the default models file when an op needs a model and none is given). `warmup` frames before
+    the first one to render are rendered and discarded by ops that carry state from frame to
+    frame (default: the op's own number), so a chunk starts the way a full run reaches it.
     """
     checked = check_job(spec)
+    warmup = checked.op.warmup if warmup is None else warmup
+    if warmup < 0:
+        raise ProtocolError(f"warm-up must be 0 or more frames, not {warmup}")
     load_model = None
     model_name = ""
     if checked.op.uses_model:
@@ -122,6 +128,7 @@ def run_job(
         is_cancelled=is_cancelled,
         load_model=load_model,
         cache_dir=_cache_dir() if checked.op.uses_model else None,
+        warmup=warmup,
     )
     provenance = {
         "model": model_name,

@@ -80,6 +80,8 @@ class OpContext:
     is_cancelled: Callable[[], bool] = lambda: False
     load_model: Callable[[str], Any] | None = None
     cache_dir: Path | None = None
+    #: Frames of the shot to render, and discard, before the first of `todo` (see `OpSpec.warmup`).
+    warmup: int = 0
 
     def step(self, frame: int, step: int, steps: int) -> None:
         """Report progress; raises `Cancelled` here, between steps, once the job is cancelled."""
@@ -106,6 +108,9 @@ class OpSpec:
     optional_inputs: tuple[str, ...]
     run: RunFn
     uses_model: bool = False
+    #: Frames an op that carries state from frame to frame renders, and discards, before the first
+    #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
+    warmup: int = 0
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in and every value checked, before any work starts."""

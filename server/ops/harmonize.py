@@ -182,14 +182,15 @@ class Harmonizer:
 # The op ---------------------------------------------------------------------------------------
 
 
-def frames_to_render(shot: Shot, todo: list[int], params: dict[str, Any]) -> list[int]:
-    """`todo` plus, with IFA on, the frame before its first one (a warm-up, not written), so a
-    resumed shot or a farm chunk starts with the attention state its first frame expects."""
+def frames_to_render(shot: Shot, todo: list[int], params: dict[str, Any], warmup: int) -> list[int]:
+    """`todo` plus, with IFA on, up to `warmup` frames of the shot before its first one (rendered,
+    never written), so a resumed shot or a farm chunk starts with attention state close to what
+    a full run's first frame of it sees, and the seam does not jump."""
+    if params["tau"] <= 0:
+        return list(todo)
     frames = list(shot.frames)
     first = frames.index(todo[0])
-    if params["tau"] > 0 and first > 0 and frames[first - 1] not in todo:
-        return [frames[first - 1], *todo]
-    return list(todo)
+    return [f for f in frames[max(0, first - warmup) : first] if f not in todo] + list(todo)
 
 
 def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[int, Image]]:
@@ -202,7 +203,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
     to_model = ColorTransform(ctx.colorspace, MODEL_SPACE)
     h = Harmonizer(model, params, InversionCache(ctx.cache_dir))
     k = h.k
-    order = frames_to_render(shot, ctx.todo, params)
+    order = frames_to_render(shot, ctx.todo, params, ctx.warmup)
     batch = _batch_size(model.device)
     with torch.no_grad():
         for start in range(0, len(order), batch):
@@ -238,4 +239,5 @@ OP = OpSpec(
     optional_inputs=("matte",),
     run=run,
     uses_model=True,
+    warmup=2,
 )
