@@ -175,3 +175,13 @@ def test_harmonize_through_the_server_matches_render_and_unknown_models_are_refu
     local = render(shot, tmp_path, models, name="h", frames=(1, 2))
     for f, path in done.frames.items():
         assert np.array_equal(read_exr(path).pixels.view(np.uint16), local[f].pixels.view(np.uint16))
+
+
+def test_a_render_from_cached_inversions_is_bit_identical_to_the_first(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("CVGEN_CACHE", str(tmp_path / "cache"))
+    shot = make_shot(tmp_path / "shot", range(1, 4))
+    first = render(shot, tmp_path, models, name="fresh")
+    again = render(shot, tmp_path, models, name="cached")
+    assert any((tmp_path / "cache" / "inversion").iterdir())
+    for f in first:
+        assert np.array_equal(first[f].pixels.view(np.uint16), again[f].pixels.view(np.uint16))

@@ -129,7 +129,9 @@ class Harmonizer:
             levels = ddim_invert(unet_eps(self.model.unet, self.uncond_empty), self.model.scheduler,
                                  z0[todo], self.steps, self.k, on_step)
             for j, i in enumerate(todo):
-                found[i] = [level[j : j + 1] for level in levels]
+                # the UNet may hand back channels-last memory; a cache hit is plain contiguous memory,
+                # and convolutions round differently on the two: one layout makes both paths agree
+                found[i] = [level[j : j + 1].contiguous() for level in levels]
                 self.cache.save(keys[i], found[i])
         return [f for f in found if f is not None]
 
