@@ -46,11 +46,13 @@ def test_text_parameters_share_one_knob_and_prompts_are_multiline(info):
     assert not any(name.startswith("harmonize__prompt") for name in specs)
 
 
-def test_fixed_knobs_come_first_and_parameters_last(info):
+def test_fixed_knobs_come_first_then_parameters_then_the_farm_tab(info):
     names = [s.name for s in knobs.panel(info, project=(1, 50), environ={"CVGEN_SERVER": "tcp://farm:5555"})]
     assert names[:4] == ["cvgen", knobs.SERVER, knobs.REFRESH, knobs.OP]
     assert names.index(knobs.RENDER) < names.index(knobs.STATUS) < names.index("params_divider")
-    assert all("__" in n for n in names[names.index("params_divider") + 1:])
+    assert all("__" in n for n in names[names.index("params_divider") + 1:names.index(knobs.FARM_TAB)])
+    assert names[names.index(knobs.FARM_TAB):] == [s.name for s in knobs.farm_knobs()]
+    assert names[-1] == knobs.FARM_SUBMIT
     specs = by_name(knobs.panel(info, project=(1, 50), environ={"CVGEN_SERVER": "tcp://farm:5555"}))
     assert specs[knobs.SERVER].default == "tcp://farm:5555"
     assert (specs[knobs.FIRST].default, specs[knobs.LAST].default) == (1, 50)
@@ -71,6 +73,9 @@ def test_visibility_follows_the_op_and_the_frame_range(info):
     shown = knobs.visibility(info, "harmonize", "custom")
     assert shown["text__prompt"] and shown["harmonize__tau"] and not shown["colormatch__temporal"]
     assert shown[knobs.FIRST] and shown[knobs.LAST]
+    assert not shown[knobs.FARM_SHOW] and not shown[knobs.FARM_SPEC_ONLY]
+    shown = knobs.visibility(info, "harmonize", "custom", "OpenCue")
+    assert shown[knobs.FARM_SHOW] and shown[knobs.FARM_SHOT] and shown[knobs.FARM_SPEC_ONLY]
 
 
 def test_a_node_without_a_server_has_no_ops_and_says_what_to_do():

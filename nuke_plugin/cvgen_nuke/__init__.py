@@ -6,8 +6,8 @@ goes wrong, so a broken or half-installed plugin costs one line in Nuke's termin
 Nuke's start.
 
 Modules: `nuke_adapter` is the only one that imports `nuke`; `schema`, `knobs`, `frames`,
-`paths`, `jobbuild`, `transfer`, `exr`, `progress` and `session` are plain Python, tested
-without Nuke.
+`paths`, `jobbuild`, `transfer`, `exr`, `progress`, `session` and `farm` are plain Python,
+tested without Nuke.
 """
 
 from __future__ import annotations

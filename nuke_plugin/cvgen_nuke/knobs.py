@@ -4,8 +4,9 @@ The adapter turns each `KnobSpec` into the Nuke knob of its kind and nothing mor
 panel shows, built from the server's op schemas, is decided here where it runs without Nuke.
 
 Layout: connection and op first, then frames, output and the Render button with the status
-line, then the op's parameters. Parameters come last because Refresh ops rebuilds them and
-Nuke appends new knobs at the end of a panel.
+line, then the op's parameters, then the Farm tab. Nuke appends new knobs at the end of a
+panel, and a knob belongs to the tab added before it, so Refresh ops rebuilds the parameters
+and then the Farm tab after them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 from cvgen.protocol import DEFAULT_COLORSPACE
 from cvgen.protocol.client import DEFAULT_ADDRESS
+from cvgen.protocol.farm import DEFAULT_CHUNK
 
 from .frames import RANGE_MODES
 from .schema import ParamSchema, ServerInfo
@@ -34,6 +36,17 @@ SEED = "seed"
 RENDER = "render"
 CANCEL = "cancel"
 STATUS = "status"
+# The Farm tab.
+FARM_TAB = "farm_tab"
+FARM_ENGINE = "farm_engine"
+FARM_CHUNK = "farm_chunk"
+FARM_SHOW = "farm_show"
+FARM_SHOT = "farm_shot"
+FARM_SPEC_ONLY = "farm_spec_only"
+FARM_CVGEN = "farm_cvgen"
+FARM_SUBMIT = "farm_submit"
+#: The farm engine choice as the artist sees it; `farm.ENGINES` maps it to `cvgen farm`'s names.
+FARM_ENGINES = ("OpenJD", "OpenCue")
 #: Hidden: the server's ops as JSON (`ServerInfo`); its presence marks a node as a cvgen node.
 OPS = "cvgen_ops"
 #: Hidden: "ADDRESS JOB_ID" of the node's last job, for the Cancel button.
@@ -82,7 +95,7 @@ def param_knob(op: str, param: ParamSchema) -> str:
 def panel(info: ServerInfo, project: tuple[int, int] = (1001, 1100),
           environ: Mapping[str, str] = os.environ) -> list[KnobSpec]:
     """Every knob of a node for this server offer, in panel order."""
-    return [*fixed_knobs(info, project, environ), *param_knobs(info)]
+    return [*fixed_knobs(info, project, environ), *param_knobs(info), *farm_knobs()]
 
 
 def fixed_knobs(info: ServerInfo, project: tuple[int, int], environ: Mapping[str, str]) -> list[KnobSpec]:
@@ -136,12 +149,34 @@ def param_knobs(info: ServerInfo) -> list[KnobSpec]:
     return list(specs.values())
 
 
-def visibility(info: ServerInfo, op: str, frame_range: str) -> dict[str, bool]:
-    """Which knobs to show: the chosen op's parameters, and first/last for a custom range."""
+def farm_knobs() -> list[KnobSpec]:
+    """The Farm tab: how "Submit to farm" hands the node's job to `cvgen farm`."""
+    return [
+        KnobSpec(FARM_TAB, "tab", "Farm"),
+        KnobSpec(FARM_ENGINE, "choice", "engine", FARM_ENGINES[0],
+                 "OpenJD: write an Open Job Description bundle (submit it with Deadline's own tools); "
+                 "OpenCue: launch the job on the Cuebot named by $CUEBOT_HOSTS", choices=FARM_ENGINES),
+        KnobSpec(FARM_CHUNK, "int", "chunk size", DEFAULT_CHUNK, "frames per farm task (1 or more)", 1, 100),
+        KnobSpec(FARM_SHOW, "str", "show", "", "OpenCue show (empty: $SHOW or OpenCue's default)"),
+        KnobSpec(FARM_SHOT, "str", "shot", "", "OpenCue shot (empty: $SHOT or OpenCue's default)", same_line=True),
+        KnobSpec(FARM_SPEC_ONLY, "bool", "spec only", False,
+                 "write the OpenCue job spec (XML) beside the job file instead of submitting it"),
+        KnobSpec(FARM_CVGEN, "str", "cvgen executable", "cvgen",
+                 "the cvgen command on this machine that writes the farm job (default: cvgen on PATH)"),
+        KnobSpec(FARM_SUBMIT, "button", "Submit to farm",
+                 tooltip="render the inputs into a new version folder and hand the job to the farm; "
+                         "the inputs and results must be on storage the farm's nodes see"),
+    ]
+
+
+def visibility(info: ServerInfo, op: str, frame_range: str, engine: str = FARM_ENGINES[0]) -> dict[str, bool]:
+    """Which knobs to show: the chosen op's parameters, first/last for a custom range, and the
+    OpenCue-only farm knobs for OpenCue."""
     chosen = next((o for o in info.ops if o.name == op), None)
     wanted = {param_knob(op, p) for p in chosen.params} if chosen else set()
     shown = {spec.name: spec.name in wanted for spec in param_knobs(info)}
     shown[FIRST] = shown[LAST] = frame_range == "custom"
+    shown[FARM_SHOW] = shown[FARM_SHOT] = shown[FARM_SPEC_ONLY] = engine == "OpenCue"
     return shown
 
 

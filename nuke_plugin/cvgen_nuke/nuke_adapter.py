@@ -17,7 +17,7 @@ import nuke
 
 from cvgen.protocol import CvgenError
 
-from . import frames, jobbuild, knobs, paths, session
+from . import farm, frames, jobbuild, knobs, paths, session
 from .errors import RenderCancelled, RenderFailed, SetupError
 from .knobs import KnobSpec
 from .progress import CANCELLED, DONE, JobProgress
@@ -51,7 +51,7 @@ def add_menu() -> None:
 
 def _on_knob_changed() -> None:
     node = nuke.thisNode()
-    if nuke.thisKnob().name() in (knobs.OP, knobs.FRAME_RANGE, "showPanel") and node.knob(knobs.OPS) is not None:
+    if nuke.thisKnob().name() in (knobs.OP, knobs.FRAME_RANGE, knobs.FARM_ENGINE, "showPanel") and node.knob(knobs.OPS) is not None:
         _apply_visibility(node)
 
 
@@ -160,7 +160,7 @@ def _button_command(name: str) -> str:
 def on_button(node: nuke.Node, name: str) -> None:
     """A button of the node was pressed: run it, and show what went wrong in the GUI."""
     actions: dict[str, Callable[[nuke.Node], Any]] = {
-        knobs.RENDER: render, knobs.CANCEL: cancel, knobs.REFRESH: refresh}
+        knobs.RENDER: render, knobs.CANCEL: cancel, knobs.REFRESH: refresh, knobs.FARM_SUBMIT: submit_to_farm}
     try:
         actions[name](node)
     except CvgenError as exc:
@@ -202,6 +202,37 @@ def render(node: nuke.Node) -> JobProgress:
     return progress
 
 
+def submit_to_farm(node: nuke.Node) -> farm.FarmResult:
+    """Write the node's inputs as Render does, then hand its job to the farm through `cvgen farm`.
+
+    The farm reads the inputs and writes the results in a new version folder of the output
+    folder, which must be on storage its nodes see. In the GUI a message box says what was
+    written or submitted; under `nuke -t` the report is printed. Raises `SetupError` or
+    `RenderFailed` (both `CvgenError`) when the job could not be handed over.
+    """
+    node = _cvgen_node(node)
+    try:
+        info = ServerInfo.from_json(node[knobs.OPS].value())
+        values = _values(node, info)
+        settings = farm.settings(values)
+        plan = jobbuild.plan_render(values, info, _connected(node), _frame_range(node, values),
+                                    paths.next_version(_output_folder(node, values)), node.name())
+        _status(node, "rendering the inputs for the farm")
+        _write_inputs(node, plan)
+        _load_results(node, plan)
+        _status(node, "handing the job to the farm")
+        result = farm.submit(plan, settings)
+    except CvgenError as exc:
+        _status(node, f"farm submission failed: {exc}")
+        raise
+    _status(node, result.status)
+    if nuke.GUI:
+        nuke.message(result.message)
+    else:
+        print(result.message)
+    return result
+
+
 def cancel(node: nuke.Node) -> None:
     """Cancel the node's last job on the server (a render left running, or one from before)."""
     node = _cvgen_node(node)
@@ -218,12 +249,14 @@ def refresh(node: nuke.Node) -> None:
     old = ServerInfo.from_json(node[knobs.OPS].value())
     info = from_hello(_wait_for_server(node[knobs.SERVER].value()))
     kept: dict[str, Any] = {}
-    for spec in knobs.param_knobs(old):
+    # The Farm tab comes after the parameters: take it off and put it back after them.
+    for spec in [*knobs.param_knobs(old), *knobs.farm_knobs()]:
         knob = node.knob(spec.name)
         if knob is not None:
-            kept[spec.name] = knob.value()
+            if spec.kind in knobs.VALUE_KINDS:
+                kept[spec.name] = knob.value()
             node.removeKnob(knob)
-    for spec in knobs.param_knobs(info):
+    for spec in [*knobs.param_knobs(info), *knobs.farm_knobs()]:
         knob = _make_knob(spec)
         node.addKnob(knob)
         _set(knob, spec, kept.get(spec.name))
@@ -349,7 +382,9 @@ def _wait(future: concurrent.futures.Future[T], message: str) -> T:
 
 def _apply_visibility(node: nuke.Node) -> None:
     info = ServerInfo.from_json(node[knobs.OPS].value())
-    shown = knobs.visibility(info, str(node[knobs.OP].value()), str(node[knobs.FRAME_RANGE].value()))
+    engine = node.knob(knobs.FARM_ENGINE)
+    shown = knobs.visibility(info, str(node[knobs.OP].value()), str(node[knobs.FRAME_RANGE].value()),
+                             str(engine.value()) if engine is not None else knobs.FARM_ENGINES[0])
     for name, visible in shown.items():
         knob = node.knob(name)
         if knob is not None:

@@ -6,8 +6,10 @@
 It builds a tiny script (a checkerboard plate written to EXR and read back with a Read node, a
 tinted disc as the premultiplied foreground), creates a cvgen node through the plugin, renders
 colormatch by paths and then inline, and checks what the node's output shows: the plate outside
-the matte, a changed foreground inside, every frame on disk. The plain modules under it are
-tested without Nuke by the repository's tests/test_nuke_*.py; this covers the Nuke calls.
+the matte, a changed foreground inside, every frame on disk. Then it presses Submit to farm
+with the OpenJD engine (the `cvgen` on PATH, or $CVGEN_EXECUTABLE) and checks the bundle.
+The plain modules under it are tested without Nuke by the repository's tests/test_nuke_*.py;
+this covers the Nuke calls.
 Exit status 0: every check passed; 1: a check failed; 2: the plugin could not be loaded.
 """
 
@@ -56,9 +58,11 @@ def main(argv: list[str]) -> int:
             print(f"FAILED: rendering {transfer}: {exc}", file=sys.stderr)
             return 1
         failures += check(nuke, node, plate, fg, progress, transfer)
+    failures += check_farm(node)
     for line in failures:
         print(f"FAILED: {line}", file=sys.stderr)
-    print(f"cvgen Nuke check: {CHECKS_PER_RENDER * len(TRANSFERS) - len(failures)} passed, {len(failures)} failed")
+    checks = CHECKS_PER_RENDER * len(TRANSFERS) + 1
+    print(f"cvgen Nuke check: {checks - len(failures)} passed, {len(failures)} failed")
     return 1 if failures else 0
 
 
@@ -105,6 +109,25 @@ def check(nuke, node, plate, fg, progress, transfer: str) -> list[str]:
     if not node["status"].value().startswith("done"):
         failures.append(f"{transfer}: the status line says {node['status'].value()!r}")
     return failures
+
+
+def check_farm(node) -> list[str]:
+    """Submit to farm with OpenJD, chunks of 2: the job file and its bundle in OUTPUT/farm (1 check)."""
+    from cvgen.protocol import CvgenError
+    from cvgen_nuke import nuke_adapter
+
+    node["farm_engine"].setValue("OpenJD")
+    node["farm_chunk"].setValue(2)
+    node["farm_cvgen"].setValue(os.environ.get("CVGEN_EXECUTABLE", "cvgen"))
+    try:
+        result = nuke_adapter.submit_to_farm(node)
+    except CvgenError as exc:
+        return [f"farm: {exc}"]
+    if not os.path.isfile(os.path.join(result.output or "", "template.yaml")) or not os.path.isfile(result.job_file):
+        return [f"farm: no bundle at {result.output} or no job file {result.job_file}"]
+    if not node["status"].value().startswith("farm: wrote the OpenJD bundle"):
+        return [f"farm: the status line says {node['status'].value()!r}"]
+    return []
 
 
 if __name__ == "__main__":
