@@ -200,6 +200,26 @@ def test_ctrl_c_in_a_headless_render_cancels_the_job_on_the_server(
     assert "interrupted; the job is cancelling" in output
 
 
+def test_submit_to_farm_writes_the_job_file_and_an_openjd_bundle(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    cvgen = Path(sys.executable).parent / "cvgen"
+    result = run_scenario(tmp_path, "farm", {**shot_args, "cvgen": str(cvgen), "missing": str(tmp_path / "no-cvgen")})
+
+    assert result["result"] == "FINISHED"
+    farm = tmp_path / "project" / "cvgen" / "sh010" / "farm"
+    job_file = farm / f"{result['job']}.json"
+    bundle = farm / f"{result['job']}.openjd"
+    data = json.loads(job_file.read_text())
+    assert data["op"] == "colormatch" and data["frames"] == list(FRAMES)
+    assert data["inputs"] == {"plate": shot_args["shot"]["plate"], "fg": shot_args["shot"]["fg"]}, "EXR strips go by path"
+    assert data["output"] == str(tmp_path / "project" / "cvgen" / "sh010" / result["job"])
+    assert data["farm"]["engine"] == "openjd" and data["farm"]["chunk"] == 2
+    assert (bundle / "template.yaml").is_file() and result["last_farm"] == str(bundle)
+    assert f"the cvgen command in the cvgen preferences ({tmp_path / 'no-cvgen'}) is not an executable file" in \
+        result["missing_error"]
+
+
 def test_render_passes_give_plate_depth_and_matte_the_server_reads(
     blender_python: Path, tmp_path: Path, server: ServerProcess
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,9 @@ def _load(name: str, folder: Path) -> ModuleType:
 
 core = _load("cvgen_blender_core", REPO / "blender_addon" / "core")
 SetupError = core.SetupError
-connection, jobs, local_server, params, shots, strips = (
+connection, farm, jobs, local_server, params, shots, strips = (
     importlib.import_module(f"cvgen_blender_core.{name}")
-    for name in ("connection", "jobs", "local_server", "params", "shots", "strips")
+    for name in ("connection", "farm", "jobs", "local_server", "params", "shots", "strips")
 )
 
 _spec = importlib.util.spec_from_file_location("cvgen_blender_build", REPO / "blender_addon" / "build.py")
@@ -270,6 +271,84 @@ def test_local_server_reports_a_server_that_exits(tmp_path: Path) -> None:
         assert "Address already in use" in server.status()
     finally:
         probe.stop()
+
+
+# -- farm submissions ------------------------------------------------------------------------
+
+COLORMATCH = {"name": "colormatch", "summary": "", "inputs": ["plate", "fg"], "optional_inputs": ["matte"],
+              "params": [{"name": "strength", "type": "float", "default": 1.0, "help": ""}]}
+
+
+def test_a_farm_submission_writes_the_job_file_and_an_openjd_bundle_that_passes_check(tmp_path: Path) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1004))
+    req = request(ServerProcess(tmp_path / "unused"), {**shot, "depth": shot["plate"]}, tmp_path,
+                  params={"strength": 0.009999999776482582})
+    spec, notices = farm.farm_spec(req, [COLORMATCH])
+    assert notices == ["colormatch does not take a depth input; it was not sent"]
+    assert spec.params == {"strength": 0.01} and spec.job_id == req.job_id and spec.output == req.output
+    sub = farm.submission(spec, farm.FarmOptions("openjd", chunk=2, show="ignored", shot="for OpenCue"))
+    assert (sub.engine, sub.chunk, sub.show, sub.shot) == ("openjd", 2, "", "")
+    blend = tmp_path / "project" / "sh010.blend"
+    job_file = farm.job_file_path(str(blend), "sh 010", req.job_id)
+    assert job_file == tmp_path / "project" / "cvgen" / "sh_010" / "farm" / f"{req.job_id}.json"
+    cvgen = farm.find_cvgen("", sys.executable)  # beside the Python, as for a local server
+    assert cvgen == str(Path(sys.executable).parent / "cvgen")
+
+    result = farm.submit(cvgen, sub, job_file)
+
+    bundle = job_file.with_suffix(".openjd")
+    assert result.output == bundle and result.launched == ()
+    assert (bundle / "template.yaml").is_file() and (bundle / "parameter_values.yaml").is_file()
+    assert result.message == f"cvgen: wrote the job bundle {bundle}; submit it with: deadline bundle submit {bundle}"
+    assert "in 2 task(s) of up to 2 frame(s)" in result.log
+    written = farm.farm.read_job_file(job_file)
+    assert written.chunk == 2 and written.job.inputs == shot and written.job.job_id == req.job_id
+    checked = subprocess.run([str(Path(sys.executable).parent / "openjd"), "check", str(bundle / "template.yaml")],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_farm_errors_and_a_missing_cvgen_command_are_sentences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1002))
+    req = request(ServerProcess(tmp_path / "unused"), shot, tmp_path, op="nosuchop", frames=(1001, 1001))
+    spec, notices = farm.farm_spec(req, [COLORMATCH])  # an op the panel has no schema for: the farm command checks
+    assert spec.op == "nosuchop" and notices == []
+    cvgen = str(Path(sys.executable).parent / "cvgen")
+    with pytest.raises(SetupError, match=r"^cvgen farm: .*nosuchop"):
+        farm.submit(cvgen, farm.submission(spec, farm.FarmOptions()), tmp_path / "farm" / "j.json")
+    with pytest.raises(SetupError, match="chunk size must be a whole number of frames, 1 or more"):
+        farm.submission(spec, farm.FarmOptions(chunk=0))
+
+    with pytest.raises(SetupError, match=r"the cvgen command in the cvgen preferences \(/no/cvgen\) is not an executable"):
+        farm.find_cvgen("/no/cvgen")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SetupError, match="the cvgen command was not found: set \"cvgen Command\""):
+        farm.find_cvgen("", str(tmp_path / "python"))
+    with pytest.raises(SetupError, match="the cvgen command /gone/cvgen was not found"):
+        farm.submit("/gone/cvgen", farm.submission(spec, farm.FarmOptions()), tmp_path / "farm" / "k.json")
+
+
+def test_opencue_submits_or_writes_the_spec_beside_the_job_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shot = make_shot(tmp_path / "shot", range(1001, 1002))
+    spec, _ = farm.farm_spec(request(ServerProcess(tmp_path / "unused"), shot, tmp_path, frames=(1001, 1001)), [])
+    sub = farm.submission(spec, farm.FarmOptions("opencue", show=" demo ", shot="sh010", spec_only=True))
+    assert (sub.show, sub.shot) == ("demo", "sh010")
+    cvgen = str(Path(sys.executable).parent / "cvgen")
+    job = tmp_path / "farm" / "j.json"
+    result = farm.submit(cvgen, sub, job, spec_only=True)
+    assert result.output == job.with_suffix(".xml") and "<show>demo</show>" in result.output.read_text()
+    assert result.message == f"cvgen: wrote the OpenCue job spec {result.output}"
+    monkeypatch.delenv("CUEBOT_HOSTS", raising=False)
+    with pytest.raises(SetupError, match=r"^cvgen farm: CUEBOT_HOSTS is not set"):
+        farm.submit(cvgen, sub, job)
+
+    assert farm.farm_command("cvgen", "opencue", job) == (["cvgen", "farm", "opencue", str(job), "--submit"], None)
+    assert farm.farm_command("cvgen", "opencue", job, spec_only=True) == (
+        ["cvgen", "farm", "opencue", str(job), "--output", str(tmp_path / "farm" / "j.xml")], tmp_path / "farm" / "j.xml")
+    assert farm.child_env({"PYTHONHOME": "/blender", "PYTHONPATH": "x", "HOME": "/h"}) == {"HOME": "/h"}
+    assert farm.error_of("Traceback...\ncvgen: error: no Cuebot at $CUEBOT_HOSTS\n", 1) == \
+        "cvgen farm: no Cuebot at $CUEBOT_HOSTS"
+    assert farm.error_of("", 2) == "cvgen farm failed (exit code 2)"
 
 
 # -- the extension build ---------------------------------------------------------------------

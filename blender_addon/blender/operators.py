@@ -19,6 +19,14 @@ from bpy.types import Context, Event, Operator
 
 from ..core import SetupError
 from ..core.connection import check_allowed
+from ..core.farm import (
+    FarmOptions,
+    farm_spec,
+    find_cvgen,
+    job_file_path,
+    submission,
+    submit,
+)
 from ..core.jobs import (
     Finished,
     JobWorker,
@@ -75,11 +83,15 @@ def job_frames(scene: bpy.types.Scene) -> range:
     return frame_range(scene.frame_start, scene.frame_end)
 
 
-def plan_render(context: Context) -> Plan:
-    """Read the panel's settings into a `Plan`; strips the server cannot read are listed for conversion."""
+def plan_render(context: Context, to_server: bool = True) -> Plan:
+    """Read the panel's settings into a `Plan`; strips the server cannot read are listed for conversion.
+
+    A farm submission (`to_server=False`) sends nothing to the server, so the network rule does not apply.
+    """
     scene, settings = context.scene, context.scene.cvgen
     server = server_settings(context)
-    check_allowed(server.address, bpy.app.online_access)
+    if to_server:
+        check_allowed(server.address, bpy.app.online_access)
     if not settings.op:
         raise SetupError("choose an op first (Connect lists the server's ops)")
     frames = job_frames(scene)
@@ -368,6 +380,39 @@ class CVGEN_OT_render_passes(Operator):
             self.report({"INFO"}, "cvgen: the rendered picture is the foreground too; the matte picks the objects")
 
 
+class CVGEN_OT_submit_farm(Operator):
+    """Write the shot's job file to //cvgen/<shot>/farm/ and turn it into a farm job with the cvgen command:
+    an Open Job Description bundle beside it, or an OpenCue job"""
+
+    bl_idname = "cvgen.submit_farm"
+    bl_label = "Submit to Farm"
+
+    def execute(self, context: Context) -> set[str]:
+        scene, settings = context.scene, context.scene.cvgen
+        prefs = preferences(context)
+        options = FarmOptions(settings.farm_engine, settings.farm_chunk, settings.farm_show, settings.farm_shot,
+                              settings.farm_spec_only)
+        try:
+            cvgen = find_cvgen(bpy.path.abspath(prefs.cvgen_command), bpy.path.abspath(prefs.server_python))
+            plan = plan_render(context, to_server=False)
+            request = plan.request
+            spec, notices = farm_spec(request, [json.loads(op.schema_json) for op in context.window_manager.cvgen.ops])
+            sub = submission(spec, options)
+            for name, template in plan.conversions:
+                strips.render_strip(scene, name, plan.frames, template)
+            result = submit(cvgen, sub, job_file_path(bpy.data.filepath, request.name, request.job_id),
+                            options.spec_only)
+        except SetupError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        for text in plan.notices + notices:
+            self.report({"INFO"} if text in plan.notices else {"WARNING"}, text)
+        settings.last_job = request.job_id
+        settings.last_farm = ", ".join(result.launched) if result.launched else str(result.output)
+        self.report({"INFO"}, result.message)
+        return {"FINISHED"}
+
+
 class CVGEN_OT_server_start(Operator):
     """Start `cvgen serve` on the preferences' address with the preferences' Python"""
 
@@ -430,6 +475,7 @@ classes = (
     CVGEN_OT_render,
     CVGEN_OT_cancel,
     CVGEN_OT_render_passes,
+    CVGEN_OT_submit_farm,
     CVGEN_OT_server_start,
     CVGEN_OT_server_stop,
     CVGEN_OT_param_help,

@@ -1,4 +1,4 @@
-"""The Sequencer sidebar's cvgen tab: connection, op and parameters, frames, inputs, render."""
+"""The Sequencer sidebar's cvgen tab: connection, op and parameters, frames, inputs, render, passes, farm."""
 
 from __future__ import annotations
 
@@ -57,6 +57,19 @@ class SEQUENCER_PT_cvgen(Panel):
         box = layout.box()
         box.prop(settings, "passes_scene")
         box.operator("cvgen.render_passes", icon="RENDERLAYERS")
+
+        box = layout.box()
+        box.label(text="Farm", icon="NETWORK_DRIVE")
+        box.row().prop(settings, "farm_engine", expand=True)
+        box.prop(settings, "farm_chunk")
+        if settings.farm_engine == "opencue":
+            row = box.row(align=True)
+            row.prop(settings, "farm_show")
+            row.prop(settings, "farm_shot")
+            box.prop(settings, "farm_spec_only")
+        box.operator("cvgen.submit_farm", icon="EXPORT")
+        if settings.last_farm:
+            box.label(text=settings.last_farm)
 
 
 def _draw_param(layout: UILayout, param: CvgenParam) -> None:

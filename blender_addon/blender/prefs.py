@@ -1,4 +1,5 @@
-"""Preferences: which server, the CurveZMQ key files for a LAN or farm server, a local server."""
+"""Preferences: which server, the CurveZMQ key files for a LAN or farm server, a local server, the
+cvgen command for farm submissions."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ class CvgenPreferences(AddonPreferences):
         description="the Python in which cvgen is installed (e.g. .venv/bin/python), to start a local server",
     )
 
+    cvgen_command: StringProperty(  # type: ignore[valid-type]
+        name="cvgen Command", subtype="FILE_PATH",
+        description="the cvgen executable that writes farm jobs; empty: cvgen beside the local server's Python, "
+                    "else on PATH",
+    )
+
     def draw(self, context: Context) -> None:
         layout = self.layout
         layout.prop(self, "address")
@@ -54,6 +61,9 @@ class CvgenPreferences(AddonPreferences):
         row.operator("cvgen.server_start", icon="PLAY")
         row.operator("cvgen.server_stop", icon="PAUSE")
         box.label(text=f"Status: {LOCAL.status()}", icon="CHECKMARK" if LOCAL.running else "DOT")
+        box = layout.box()
+        box.label(text="Render Farm")
+        box.prop(self, "cvgen_command")
 
 
 def preferences(context: Context) -> CvgenPreferences:

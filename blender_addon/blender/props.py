@@ -22,6 +22,7 @@ from bpy.props import (
 )
 from bpy.types import Context, PropertyGroup
 
+from ..core.farm import DEFAULT_CHUNK
 from ..core.params import OpSchema, ParamValue, from_schema
 from ..core.protocol import protocol
 
@@ -118,6 +119,18 @@ class CvgenSceneSettings(PropertyGroup):
     )
     result_strip: StringProperty(description="the strip of the last result, replaced by the next")  # type: ignore[valid-type]
     last_job: StringProperty(description="id of the last job sent")  # type: ignore[valid-type]
+    farm_engine: EnumProperty(  # type: ignore[valid-type]
+        name="Farm",
+        items=(("openjd", "OpenJD", "an Open Job Description bundle, for AWS Deadline Cloud"),
+               ("opencue", "OpenCue", "an OpenCue job, launched on the Cuebot named by $CUEBOT_HOSTS")),
+    )
+    farm_chunk: IntProperty(name="Chunk", default=DEFAULT_CHUNK, min=1, description="frames per farm task")  # type: ignore[valid-type]
+    farm_show: StringProperty(name="Show", description="OpenCue show; empty: $SHOW or OpenCue's default")  # type: ignore[valid-type]
+    farm_shot: StringProperty(name="Shot", description="OpenCue shot; empty: $SHOT or OpenCue's default")  # type: ignore[valid-type]
+    farm_spec_only: BoolProperty(  # type: ignore[valid-type]
+        name="Spec Only", description="write the OpenCue job spec (XML) beside the job file instead of launching it",
+    )
+    last_farm: StringProperty(description="the last farm submission's bundle, spec or job names")  # type: ignore[valid-type]
 
 
 class CvgenSession(PropertyGroup):

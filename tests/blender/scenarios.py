@@ -224,6 +224,23 @@ def scenario_interrupt(args: dict[str, Any]) -> dict[str, Any]:
     return run_render(scene)
 
 
+def scenario_farm(args: dict[str, Any]) -> dict[str, Any]:
+    """Connect (for the op's schema), then Submit to Farm as OpenJD with the given cvgen command; then
+    again with a cvgen command that does not exist."""
+    scene = setup_shot(args)
+    bpy.ops.cvgen.connect()
+    scene.cvgen.farm_engine, scene.cvgen.farm_chunk = "openjd", 2
+    prefs().cvgen_command = args["cvgen"]
+    out: dict[str, Any] = {"result": min(bpy.ops.cvgen.submit_farm()), "job": scene.cvgen.last_job,
+                           "last_farm": scene.cvgen.last_farm}
+    prefs().cvgen_command = args["missing"]
+    try:
+        bpy.ops.cvgen.submit_farm()
+    except RuntimeError as exc:
+        out["missing_error"] = str(exc)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     name.removeprefix("scenario_"): fn for name, fn in globals().items() if name.startswith("scenario_")
 }
