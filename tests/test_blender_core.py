@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from cvgen.protocol.client import Accepted, Done, FrameReady, Progress
+from cvgen.protocol.schema import parse_ops
 from support import ServerProcess, make_shot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ assert _spec is not None and _spec.loader is not None
 build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build)
 
-SCHEMA = params.OpSchema.from_hello({
+SCHEMA = parse_ops({"ops": [{
     "name": "grade", "summary": "s", "inputs": ["plate", "fg"], "optional_inputs": ["matte"],
     "params": [
         {"name": "strength", "type": "float", "default": 1.0, "help": "h", "min": 0, "max": 1},
@@ -52,7 +53,7 @@ SCHEMA = params.OpSchema.from_hello({
         {"name": "prompt", "type": "str", "default": "", "help": ""},
         {"name": "future", "type": "tensor", "default": None, "help": "a kind this add-on does not know"},
     ],
-})
+}]})[0]
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -65,12 +66,10 @@ def test_params_follow_the_schema_and_keep_the_artists_values_that_still_fit() -
     assert values[2].choices == ("warm", "cool") and values[0].help == "h"
 
 
-@pytest.mark.parametrize(("kind", "value", "ok"), [
-    ("float", 1, True), ("float", float("nan"), False), ("float", True, False), ("int", 2.0, False),
-    ("bool", 0, False), ("bool", False, True), ("str", "", True), ("choice", "cool", True), ("choice", "x", False),
-])
-def test_fits(kind: str, value: Any, ok: bool) -> None:
-    assert params.fits(kind, value, ("warm", "cool")) is ok
+def test_a_whole_float_left_from_a_float_parameter_is_kept_as_an_int_and_bools_are_not_numbers() -> None:
+    values = params.from_schema(SCHEMA, {"strength": True, "steps": 12.0, "prompt": 3})
+    assert [(p.name, p.value) for p in values] == [("strength", 1.0), ("steps", 12), ("look", "warm"), ("prompt", "")]
+    assert type(values[1].value) is int
 
 
 def test_job_params_drop_stale_ones_and_send_floats_as_the_artist_saw_them() -> None:

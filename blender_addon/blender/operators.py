@@ -181,6 +181,10 @@ class CVGEN_OT_connect(Operator):
 
     def _connected(self, context: Context, reply: dict[str, Any]) -> set[str]:
         session, settings = context.window_manager.cvgen, context.scene.cvgen
+        try:
+            ops = ops_from_hello(reply)
+        except protocol.ProtocolError as exc:
+            return self._failed(context, f"the server's op list cannot be read: {exc}")
         session.ops.clear()
         for op in reply.get("ops", ()):
             item = session.ops.add()
@@ -188,7 +192,6 @@ class CVGEN_OT_connect(Operator):
         devices = ", ".join(reply.get("devices", ())) or "no devices"
         session.connection = "CONNECTED"
         session.message = f"cvgen {reply.get('server_version', '?')} on {devices}"
-        ops = ops_from_hello(reply)
         if settings.op in ops:
             sync_params(settings, ops[settings.op])
         elif not settings.op and ops:

@@ -23,7 +23,7 @@ from bpy.props import (
 from bpy.types import Context, PropertyGroup
 
 from ..core.farm import DEFAULT_CHUNK
-from ..core.params import OpSchema, ParamValue, from_schema
+from ..core.params import ParamValue, from_schema, ops_from_hello
 from ..core.protocol import protocol
 
 #: Enum items must outlive the call that returns them (Blender keeps pointers into the strings).
@@ -67,11 +67,12 @@ class CvgenOp(PropertyGroup):
     schema_json: StringProperty()  # type: ignore[valid-type]
 
 
-def op_schemas(wm: bpy.types.WindowManager) -> dict[str, OpSchema]:
-    return {op.name: OpSchema.from_hello(json.loads(op.schema_json)) for op in wm.cvgen.ops}
+def op_schemas(wm: bpy.types.WindowManager) -> dict[str, Any]:
+    """The session's ops (`cvgen.protocol.schema.OpSchema`) by name."""
+    return ops_from_hello({"ops": [json.loads(op.schema_json) for op in wm.cvgen.ops]})
 
 
-def sync_params(settings: CvgenSceneSettings, schema: OpSchema) -> None:
+def sync_params(settings: CvgenSceneSettings, schema: Any) -> None:
     """Rebuild the parameter items for `schema`, keeping the artist's values that still fit."""
     current = {p.name: p.value for p in settings.params}
     settings.params.clear()

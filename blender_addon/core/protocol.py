@@ -54,3 +54,4 @@ def _load_repository_copy() -> ModuleType:
 
 protocol = _load()
 client = importlib.import_module(f"{protocol.__name__}.client")
+schema = importlib.import_module(f"{protocol.__name__}.schema")

@@ -7,15 +7,15 @@ the server. The server checks again; this is for the message, not for safety.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from cvgen.protocol import JobSpec
+from cvgen.protocol import JobSpec, ProtocolError
+from cvgen.protocol.schema import OpSchema, ParamSchema
 
 from . import frames, knobs, paths, transfer
 from .errors import SetupError
-from .schema import OpSchema, ParamSchema, ServerInfo
+from .schema import ServerInfo
 
 #: The node's inputs, in input order (input 0 is the plate).
 ROLES = ("plate", "fg", "matte", "depth")
@@ -97,26 +97,7 @@ def submission(plan: RenderPlan, hello: Mapping[str, Any]) -> Submission:
 
 
 def _checked(op: str, param: ParamSchema, value: Any) -> Any:
-    where = f"{op} {param.name.replace('_', ' ')}"
-    if param.type == "bool":
-        return bool(value)
-    if param.type in ("str", "choice"):
-        text = str(value)
-        if param.type == "choice" and text not in param.choices:
-            raise SetupError(f"{where} must be one of {', '.join(param.choices)}, not {text!r}")
-        return text
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SetupError(f"{where} must be a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise SetupError(f"{where} must be a number, not {value!r}")
-    if param.type == "int":
-        if number != int(number):
-            raise SetupError(f"{where} must be a whole number, not {value!r}")
-        number = int(number)
-    if param.min is not None and number < param.min:
-        raise SetupError(f"{where} must be at least {param.min:g}; it is {number:g}")
-    if param.max is not None and number > param.max:
-        raise SetupError(f"{where} must be at most {param.max:g}; it is {number:g}")
-    return number
+        return param.check(value, f"{op} {param.name.replace('_', ' ')}")
+    except ProtocolError as exc:
+        raise SetupError(str(exc)) from None

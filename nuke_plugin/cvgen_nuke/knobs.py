@@ -18,9 +18,10 @@ from typing import Any, Mapping
 from cvgen.protocol import DEFAULT_COLORSPACE
 from cvgen.protocol.client import DEFAULT_ADDRESS
 from cvgen.protocol.farm import DEFAULT_CHUNK
+from cvgen.protocol.schema import ParamSchema
 
 from .frames import RANGE_MODES
-from .schema import ParamSchema, ServerInfo
+from .schema import ServerInfo
 
 # Names of the fixed knobs; other modules read the knob values by these names.
 SERVER = "server"

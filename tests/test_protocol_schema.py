@@ -1,0 +1,113 @@
+"""`cvgen.protocol.schema`: op schemas parsed from a real server's `hello`, malformed entries
+refused by name, and the check of a value against its parameter that the hosts share."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cvgen.protocol import ProtocolError
+from cvgen.protocol.client import Client
+from cvgen.protocol.schema import OpSchema, ParamSchema, parse_op, parse_ops
+from cvgen.server.ops import all_ops
+from support import ServerProcess
+
+SCHEMA_PY = Path(__file__).resolve().parents[1] / "protocol" / "schema.py"
+
+
+def test_a_real_servers_hello_parses_into_its_ops(server: ServerProcess) -> None:
+    with Client(server.endpoint, timeout=10) as client:
+        hello = client.hello()
+    ops = {op.name: op for op in parse_ops(hello)}
+    assert set(ops) == set(all_ops()) == {"colormatch", "harmonize"}
+    for name, op in all_ops().items():
+        parsed = ops[name]
+        assert (parsed.summary, parsed.inputs, parsed.optional_inputs) == (op.summary, op.inputs, op.optional_inputs)
+        assert [(p.name, p.type, p.default, p.help, p.min, p.max, p.choices) for p in parsed.params] == [
+            (p.name, p.kind, p.default, p.help, p.min, p.max, p.choices) for p in op.params]
+    colormatch = ops["colormatch"]
+    assert colormatch.roles == ("plate", "fg", "matte")
+    assert colormatch.params[0] == ParamSchema("strength", "float", 1.0, colormatch.params[0].help, 0.0, 1.0)
+    # Every default the server announces passes the check a host runs before sending it.
+    assert all(p.check(p.default) == p.default for op in ops.values() for p in op.params)
+
+
+def test_unknown_fields_and_parameter_types_are_left_out() -> None:
+    (op,) = parse_ops({"ops": [{
+        "name": "grade", "inputs": ["plate"], "added_in_1_1": {"x": 1},
+        "params": [
+            {"name": "look", "type": "choice", "default": "warm", "help": "", "choices": ["warm", "cool"], "unit": "-"},
+            {"name": "lut", "type": "tensor", "default": None, "help": "a type of a later protocol version"},
+        ],
+    }], "models": [], "future_field": 1})
+    assert op == OpSchema("grade", "", ("plate",), (), (ParamSchema("look", "choice", "warm", "", None, None,
+                                                                    ("warm", "cool")),))
+    assert parse_ops({}) == () and parse_ops({"ops": None}) == ()
+    assert parse_op({"name": "blur"}) == OpSchema("blur")
+
+
+@pytest.mark.parametrize(("hello", "words"), [
+    ([], "a hello reply must be a map, not list"),
+    ({"ops": {"name": "grade"}}, "hello's ops must be a list, not dict"),
+    ({"ops": ["grade"]}, "op 0 of hello must be a map, not str"),
+    ({"ops": [{"name": "a"}, {"summary": "no name"}]}, "op 1 of hello has no name"),
+    ({"ops": [{"name": ""}]}, "op 0 of hello has no name"),
+    ({"ops": [{"name": "a", "summary": 3}]}, "the summary of op 'a' must be text, not 3"),
+    ({"ops": [{"name": "a", "inputs": "plate"}]}, "the inputs of op 'a' must be a list, not str"),
+    ({"ops": [{"name": "a", "optional_inputs": [1]}]}, "an entry of the optional_inputs of op 'a' must be text"),
+    ({"ops": [{"name": "a", "params": {"x": 1}}]}, "the params of op 'a' must be a list, not dict"),
+    ({"ops": [{"name": "a", "params": [1.5]}]}, "parameter 0 of op 'a' must be a map, not float"),
+    ({"ops": [{"name": "a", "params": [{"type": "float"}]}]}, "parameter 0 of op 'a' has no name"),
+    ({"ops": [{"name": "a", "params": [{"name": "x"}]}]}, "the type of parameter 'x' of op 'a' must be text, not None"),
+    ({"ops": [{"name": "a", "params": [{"name": "x", "type": "float", "min": "0"}]}]},
+     "the min of parameter 'x' of op 'a' must be a number, not '0'"),
+    ({"ops": [{"name": "a", "params": [{"name": "x", "type": "int", "max": True}]}]},
+     "the max of parameter 'x' of op 'a' must be a number, not True"),
+    ({"ops": [{"name": "a", "params": [{"name": "x", "type": "choice", "default": "a"}]}]},
+     "parameter 'x' of op 'a' is a choice without choices"),
+])
+def test_malformed_entries_are_refused_with_the_entry_named(hello: Any, words: str) -> None:
+    with pytest.raises(ProtocolError, match=words.replace("(", r"\(")):
+        parse_ops(hello)
+
+
+STRENGTH = ParamSchema("strength", "float", 1.0, "", 0.0, 1.0)
+STEPS = ParamSchema("steps", "int", 20, "", 1, 200)
+LOOK = ParamSchema("look", "choice", "warm", "", choices=("warm", "cool"))
+
+
+@pytest.mark.parametrize(("param", "value", "sent"), [
+    (STRENGTH, 1, 1.0), (STRENGTH, 0.25, 0.25), (STEPS, 12.0, 12), (STEPS, 7, 7),
+    (ParamSchema("on", "bool", True), False, False), (ParamSchema("p", "str", ""), "", ""), (LOOK, "cool", "cool"),
+])
+def test_check_gives_the_wire_value(param: ParamSchema, value: Any, sent: Any) -> None:
+    checked = param.check(value)
+    assert checked == sent and type(checked) is type(sent)
+
+
+@pytest.mark.parametrize(("param", "value", "words"), [
+    (STRENGTH, 1.5, "strength must be at most 1; it is 1.5"),
+    (STRENGTH, -0.5, "strength must be at least 0; it is -0.5"),
+    (STRENGTH, math.nan, "strength must be a number, not nan"),
+    (STRENGTH, True, "strength must be a number, not True"),
+    (STRENGTH, "0.5", "strength must be a number, not '0.5'"),
+    (STEPS, 2.5, "steps must be a whole number, not 2.5"),
+    (ParamSchema("on", "bool", True), 0, "on must be on or off"),
+    (ParamSchema("p", "str", ""), 3, "p must be text, not 3"),
+    (LOOK, "sepia", "look must be one of warm, cool, not 'sepia'"),
+])
+def test_check_refuses_what_the_server_would_refuse(param: ParamSchema, value: Any, words: str) -> None:
+    with pytest.raises(ProtocolError, match=words):
+        param.check(value)
+    with pytest.raises(ProtocolError, match=f"^grade {words}"):
+        param.check(value, f"grade {param.name}")
+
+
+def test_the_module_is_python_3_9_syntax_for_nuke() -> None:
+    # Nuke 14 loads it; annotations stay strings (`from __future__ import annotations`).
+    source = SCHEMA_PY.read_text()
+    ast.parse(source, feature_version=(3, 9))
+    assert "from __future__ import annotations" in source
