@@ -93,17 +93,18 @@ def run_job(
     the first one to render are rendered and discarded by ops that carry state from frame to
     frame (default: the op's own number), so a chunk starts the way a full run reaches it.
     """
-    checked = check_job(spec)
+    cache = None
+    if get_op(spec.op).uses_model:
+        from ..core.models import ModelCache, ModelRegistry
+
+        cache = models if models is not None else ModelCache(ModelRegistry.load())
+    checked = check_job(spec, registry=cache.registry if cache is not None else None)
     warmup = checked.op.warmup if warmup is None else warmup
     if warmup < 0:
         raise ProtocolError(f"warm-up must be 0 or more frames, not {warmup}")
     load_model = None
     model_name = ""
-    if checked.op.uses_model:
-        from ..core.models import ModelCache, ModelRegistry
-
-        cache = models if models is not None else ModelCache(ModelRegistry.load())
-        check_job(spec, registry=cache.registry)
+    if cache is not None:
         model_name = checked.params["model"] or cache.registry.default
 
         def load_model(name: str) -> Any:
