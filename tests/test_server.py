@@ -82,6 +82,7 @@ def test_inline_frames_in_and_out(server, tmp_path):
     for e in frames:
         on_disk = read_exr(e.path)
         assert e.image is not None and e.image.channels == on_disk.channels
+        assert e.image.attributes["cvgen:op"] == on_disk.attributes["cvgen:op"] == "colormatch"
         assert np.array_equal(e.image.pixels.view(np.uint16), on_disk.pixels.view(np.uint16))
 
 

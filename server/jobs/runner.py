@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -131,21 +131,26 @@ def run_job(
         cache_dir=_cache_dir() if checked.op.uses_model else None,
         warmup=warmup,
     )
+    # Provenance travels with the frame itself, so pixels delivered inline carry it as the file does.
     provenance = {
-        "model": model_name,
-        "op": spec.op,
-        "params": json.dumps(checked.params, sort_keys=True),
-        "seed": str(spec.seed),
-        "colorspace": checked.colorspace,
-        "version": __version__,
-        "job": spec.job_id or "",
+        f"cvgen:{key}": value
+        for key, value in {
+            "model": model_name,
+            "op": spec.op,
+            "params": json.dumps(checked.params, sort_keys=True),
+            "seed": str(spec.seed),
+            "colorspace": checked.colorspace,
+            "version": __version__,
+            "job": spec.job_id or "",
+        }.items()
     }
     written = []
     for frame, image in checked.op.run(shot, checked.params, ctx):
         if frame not in clock.index:
             raise InputError(f"op {spec.op} produced frame {frame}, which was not asked for")
         path = output_dir / output_name(spec, frame)
-        write_exr(path, image, provenance=provenance)
+        image = replace(image, attributes={**image.attributes, **provenance})
+        write_exr(path, image)
         written.append(frame)
         on_frame(frame, path, image)
     return written
