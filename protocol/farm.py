@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ProtocolError
+from .files import atomic_output
 from .jobs import JobSpec
 
 #: Farm engines `cvgen farm` writes job descriptions for.
@@ -128,17 +128,11 @@ def write_job_file(spec: JobSpec | FarmSubmission, path: str | os.PathLike[str])
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(spec.to_dict(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(dest, ".json") as tmp, open(tmp, "x", encoding="utf-8") as f:
+        json.dump(spec.to_dict(), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     return dest
 
 

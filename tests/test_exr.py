@@ -15,7 +15,7 @@ import pytest
 
 from cvgen.protocol.images import Image
 from cvgen.server.errors import InputError
-from cvgen.server.io.atomic import atomic_output
+from cvgen.protocol.files import atomic_output
 from cvgen.server.io.exr import MAX_SIDE, WRITE_COMPRESSIONS, read_exr, write_exr
 
 EXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "exr"

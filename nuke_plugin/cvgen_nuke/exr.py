@@ -10,15 +10,14 @@ name rather than misread. Files are written with zip compression, which Nuke and
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 from typing import Any
 
 import numpy as np
 
 from cvgen.protocol import CvgenError, Image
+from cvgen.protocol.files import atomic_output
 
 _MAGIC = b"\x76\x2f\x31\x01"
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
@@ -57,15 +56,8 @@ def write(path: str, image: Image) -> None:
     dtype = str(image.pixels.dtype)
     if dtype not in _PIXEL_TYPES:
         raise ExrError(f"cannot write {path}: pixels are {dtype}; frames are half or float")
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encode(image))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_output(path, ".exr") as tmp, open(tmp, "wb") as f:
+        f.write(_encode(image))
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.atomic import atomic_output
+from cvgen.protocol.files import atomic_output
 
 CACHE_VERSION = 1
 

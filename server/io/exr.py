@@ -29,7 +29,7 @@ import OpenImageIO as oiio
 from cvgen.protocol.images import Image
 
 from ..errors import InputError
-from .atomic import atomic_output
+from cvgen.protocol.files import atomic_output
 
 #: Compressions cvgen writes: lossless zip/zips/piz and lossy dwaa. Blender cannot read
 #: htj2k or zstd EXRs, and the other legacy codecs gain nothing over these.

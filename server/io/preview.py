@@ -14,7 +14,7 @@ import OpenImageIO as oiio
 from cvgen.protocol.images import Image
 
 from .color import ColorTransform
-from .atomic import atomic_output
+from cvgen.protocol.files import atomic_output
 
 #: The display encoding of the sheet.
 DISPLAY_COLORSPACE = "sRGB Encoded Rec.709 (sRGB)"

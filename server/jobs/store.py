@@ -18,7 +18,7 @@ from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.jobs import JobSpec, check_job_id
 
 from ..errors import NotFound
-from ..io.atomic import atomic_output
+from cvgen.protocol.files import atomic_output
 
 #: Job states; the first two mean "not finished" and are resumed when the server restarts.
 UNFINISHED = ("queued", "running")

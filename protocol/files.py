@@ -1,6 +1,8 @@
 """Atomic file output: a reader (a host, a restarted job) sees the old file or the new one, never half.
 
-Every file cvgen writes (frames, previews, job state, cached latents) goes through here.
+Every file cvgen writes (frames, previews, job state, cached latents, job files, frames a host
+writes itself) goes through here; it lives in the protocol package, stdlib only, so the hosts
+share it with the server.
 """
 
 from __future__ import annotations
