@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ProtocolError
 from .files import atomic_output
-from .jobs import JobSpec
+from .jobs import JobSpec, read_job_data
 
 #: Farm engines `cvgen farm` writes job descriptions for.
 ENGINES = ("openjd", "opencue")
@@ -138,10 +138,4 @@ def write_job_file(spec: JobSpec | FarmSubmission, path: str | os.PathLike[str])
 
 def read_job_file(path: str | os.PathLike[str]) -> FarmSubmission:
     """The submission in a job file, with messages that name the file when it is missing or broken."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProtocolError(f"job file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise ProtocolError(f"job file {path} is not readable JSON: {exc}") from None
-    return FarmSubmission.from_dict(data)
+    return FarmSubmission.from_dict(read_job_data(path))

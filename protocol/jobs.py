@@ -6,7 +6,10 @@ so the format lives here, beside the wire protocol, rather than in the server.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,3 +104,14 @@ class JobSpec:
         if not isinstance(known["frames"], (list, tuple)) or len(known["frames"]) != 2:
             raise ProtocolError(f"frames must be [first, last], got {known['frames']!r}")
         return cls(**known)
+
+
+def read_job_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The decoded JSON of a job file, with messages that name the file when it is missing or broken."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProtocolError(f"job file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(f"job file {path} is not readable JSON: {exc}") from None
+    return data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cvgen.protocol.errors import CvgenError, ProtocolError
-from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec
+from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec, read_job_data
 
 from .farm.commands import add_farm_parser
 
@@ -110,16 +109,6 @@ def _is_loopback(endpoint: str) -> bool:
     return endpoint.startswith(("inproc://", "ipc://")) or host in ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
-def load_job_file(path: Path) -> JobSpec:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProtocolError(f"job file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise ProtocolError(f"job file {path} is not readable JSON: {exc}") from None
-    return JobSpec.from_dict(data)
-
-
 def parse_frames(text: str) -> range:
     match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", text)
     if not match:
@@ -134,7 +123,7 @@ def parse_frames(text: str) -> range:
 def cmd_render(args: argparse.Namespace) -> int:
     from .jobs.runner import run_job
 
-    spec = load_job_file(args.job)
+    spec = JobSpec.from_dict(read_job_data(args.job))
     base = args.job.resolve().parent
     output = args.output or (Path(spec.output) if spec.output else base / f"{args.job.stem}-frames")
     if not output.is_absolute():
