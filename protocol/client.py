@@ -2,7 +2,9 @@
 
 Every call has a timeout. While a job streams events the client checks, whenever the server
 has been quiet for `timeout` seconds, that it still answers (a `status` request); a dead
-server therefore surfaces as `ServerUnavailable`, never as a hang.
+server therefore surfaces as `ServerUnavailable`, never as a hang. A server reached over the
+network needs CurveZMQ key files; a refused handshake surfaces as `AuthenticationFailed`, which
+says why, instead of a plain timeout.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Union
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from .errors import JobCancelled, ProtocolError, ServerError, ServerUnavailable
+from .errors import AuthenticationFailed, JobCancelled, ProtocolError, ServerError, ServerUnavailable
 from .images import Image
 from .jobs import JobSpec
+from .keys import PathLike, load_client_keys
+from .limits import Limits
 from .messages import Message, decode, encode, image_from_wire, image_to_wire, make_header
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -61,19 +66,39 @@ class Done:
 Event = Union[Accepted, Progress, FrameReady, Done]  # Union, not |: Nuke 14 runs Python 3.9
 
 
+_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
 class Client:
+    """`server_key` is the server's public key file, `client_key` this workstation's secret key
+    file; give both for a server on the network (`cvgen keys generate` makes them), neither for
+    one on this machine.
+    """
+
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, server_key: PathLike | None = None,
+                 client_key: PathLike | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.session = uuid.uuid4().hex
+        #: The server's limits once `hello` has been called; `submit` checks inline frames against them.
+        self.limits: Limits | None = None
+        keys = load_client_keys(server_key, client_key)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IDENTITY, self.session.encode())
+        if keys is not None:
+            self._socket.curve_serverkey = keys.server_public
+            self._socket.curve_publickey = keys.public
+            self._socket.curve_secretkey = keys.secret
+        self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
         self._socket.connect(address)
         self._pending: dict[str, collections.deque[Message]] = {}
 
     def close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
 
     def __enter__(self) -> "Client":
@@ -86,7 +111,9 @@ class Client:
 
     def hello(self) -> dict[str, Any]:
         """Server version, ops with their parameter schemas, devices and limits."""
-        return self._call("hello", {}).content
+        info = self._call("hello", {}).content
+        self.limits = Limits.from_dict(info.get("limits"))
+        return info
 
     def status(self, job_id: str | None = None) -> dict[str, Any]:
         return self._call("status", {"job_id": job_id} if job_id else {}, job_id).content
@@ -110,6 +137,8 @@ class Client:
             for role, frames in (inline or {}).items()
         }
         content = {"job": job.to_dict(), "inline": wire_inline, "deliver": deliver}
+        if self.limits is not None:
+            self.limits.check_message([0, 0, 0, 0, *(b.nbytes for b in buffers)])
         msg_id = self._send("submit", content, buffers, job.job_id)
         return JobStream(self, msg_id)
 
@@ -135,6 +164,7 @@ class Client:
         finally:
             self._pending.pop(msg_id, None)
         if answer is None:
+            self._raise_handshake_failure()
             raise ServerUnavailable(
                 f"no answer from the cvgen server at {self.address} within {self.timeout:g} s; "
                 "is `cvgen serve` running there?"
@@ -161,6 +191,22 @@ class Client:
             if target is not None:
                 target.append(msg)
         return queue.popleft()
+
+    def _raise_handshake_failure(self) -> None:
+        """After a silence: if the reason was a refused handshake, say so."""
+        failed = None
+        while self._monitor.poll(0):
+            failed = recv_monitor_message(self._monitor)
+        if failed is None:
+            return
+        if failed["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise AuthenticationFailed(
+                f"the cvgen server at {self.address} refused this workstation's key: ask whoever runs it to "
+                "put this workstation's public key (NAME.key) in the server's authorized/ folder")
+        raise AuthenticationFailed(
+            f"could not set up an encrypted connection to the cvgen server at {self.address}: a server on "
+            "the network needs key files on both sides (the server's public key and this workstation's "
+            "secret key), and they must belong to that server")
 
 
 def _error(msg: Message) -> ServerError:
@@ -195,12 +241,19 @@ class JobStream:
         return _event(msg)
 
     def _next_message(self) -> Message:
+        unacknowledged = 0
         while True:
             msg = self.client._receive(self.msg_id, self.client.timeout)
             if msg is not None:
                 return msg
             # Quiet for a whole timeout: a long step, a queue, or a dead server. Ask.
             self.client.status(self.job_id)
+            if self.job_id is None:
+                unacknowledged += 1
+                if unacknowledged >= 2:
+                    raise ProtocolError(
+                        f"the cvgen server at {self.client.address} answers but never acknowledged the job; "
+                        "the request was probably over its size limits (see `hello`'s limits)")
 
     def wait(self) -> Done:
         """Consume events until the job is done; returns the final `Done`."""

@@ -46,3 +46,15 @@ class ServerUnavailable(CvgenError, TimeoutError):
     """No answer from the server within the timeout: it is not running, not reachable, or stuck."""
 
     code = "unavailable"
+
+
+class KeyFileError(CvgenError):
+    """A CurveZMQ key file is missing, unreadable, or the wrong half of a key pair."""
+
+    code = "bad_keys"
+
+
+class AuthenticationFailed(ServerUnavailable):
+    """The server would not complete the encrypted handshake: unknown client key, wrong server key, or keys on one side only."""
+
+    code = "unauthorized"

@@ -8,15 +8,16 @@ import re
 import signal
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
 from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec, read_job_data
+from cvgen.protocol.limits import Limits
 
 from .farm.commands import add_farm_parser
 
-log = logging.getLogger("cvgen")
 
 MODELS_HELP = "models file (TOML) naming local models (default: $CVGEN_MODELS, else ~/.config/cvgen/models.toml)"
 
@@ -46,7 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", action="append", dest="devices",
                        help="device to run jobs on (repeatable; default: every GPU, else the CPU)")
     serve.add_argument("--models", help=MODELS_HELP)
+    serve.add_argument("--keys", type=Path, help="key folder from `cvgen keys generate`: encrypt with CurveZMQ and "
+                                                 "admit only the clients in its authorized/ folder (required for "
+                                                 "any address but loopback)")
+    serve.add_argument("--input-root", action="append", dest="input_roots", metavar="DIR",
+                       help="folder requests may read frames from (repeatable; default: anywhere on loopback, "
+                            "nowhere but inline frames on any other address)")
+    serve.add_argument("--output-root", action="append", dest="output_roots", metavar="DIR",
+                       help="folder requests may write results to besides the jobs folder (repeatable; default: "
+                            "anywhere on loopback, only the jobs folder on any other address)")
+    for f in fields(Limits):
+        serve.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, metavar="N",
+                           help="limit advertised in hello (default %(default)s)")
     serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="CurveZMQ keys for a server other machines reach")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser("generate", help="make the server's key pair (once) and a pair per client")
+    generate.add_argument("folder", type=Path, help="key folder (server.key*, authorized/, clients/)")
+    generate.add_argument("--client", action="append", dest="clients", metavar="NAME",
+                          help="a workstation or farm to admit (repeatable; default: one named 'client' when "
+                               "the folder is new)")
+    generate.set_defaults(func=cmd_keys_generate)
 
     render = sub.add_parser("render", help="run a job file in this process (what a farm task runs)")
     render.add_argument("job", type=Path, help="job file (JSON)")
@@ -88,12 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import ServerKeys, is_loopback
+    from .paths import PathPolicy
     from .service import Server
 
-    if not _is_loopback(args.bind):
-        log.warning("serving on %s WITHOUT encryption or authentication: anyone who can reach it can "
-                    "submit jobs and read results", args.bind)
-    server = Server(args.bind, args.jobs_dir, devices=args.devices, models_file=args.models)
+    keys = ServerKeys.load(args.keys) if args.keys else None
+    anywhere = is_loopback(args.bind)
+    paths = PathPolicy.roots(args.input_roots if args.input_roots or not anywhere else None,
+                             args.output_roots if args.output_roots or not anywhere else None)
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    server = Server(args.bind, args.jobs_dir, devices=args.devices, models_file=args.models, keys=keys,
+                    paths=paths, limits=limits)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -104,9 +131,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_loopback(endpoint: str) -> bool:
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
-    return endpoint.startswith(("inproc://", "ipc://")) or host in ("127.0.0.1", "localhost", "[::1]", "::1")
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from .auth import SERVER_SECRET, generate_keys
+
+    new = not (args.folder / SERVER_SECRET).exists()
+    clients = args.clients or (["client"] if new else [])
+    if not clients and not new:
+        raise ProtocolError(f"{args.folder} already has server keys; name a client to add with --client NAME")
+    for path in generate_keys(args.folder, clients):
+        print(f"wrote {path}")
+    print(f"serve with: cvgen serve --bind tcp://0.0.0.0:5555 --keys {args.folder}")
+    print(f"give each workstation {args.folder / 'server.key'} and its clients/NAME.key_secret "
+          "(keep every .key_secret private)")
+    return 0
 
 
 def parse_frames(text: str) -> range:

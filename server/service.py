@@ -20,6 +20,7 @@ import zmq
 from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import JobSpec
+from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import (
     PROTOCOL_VERSION,
     Message,
@@ -31,13 +32,14 @@ from cvgen.protocol.messages import (
 )
 
 from . import __version__
+from .auth import ServerKeys, check_bind, is_loopback, secure
 from .devices import available_devices
 from .io.color import colorspace_names
 from .jobs.runner import check_job
 from .jobs.shot import FileShot
 from .jobs.store import UNFINISHED, JobStore
-from .limits import Limits
 from .ops import all_ops
+from .paths import PathPolicy
 from .workers import ActiveJob, Worker
 
 log = logging.getLogger("cvgen.server")
@@ -54,19 +56,29 @@ class Subscriber:
 
 
 class Server:
+    """`keys` are required for any address but loopback. `paths` says where requests may read
+    and write; by default anywhere on loopback, and only the jobs folder (and inline frames)
+    on any other address."""
+
     def __init__(self, bind: str = DEFAULT_BIND, jobs_dir: str | Path = "cvgen-jobs",
                  devices: list[str] | None = None, limits: Limits = Limits(),
-                 models_file: str | Path | None = None) -> None:
+                 models_file: str | Path | None = None, keys: ServerKeys | None = None,
+                 paths: PathPolicy | None = None) -> None:
         from .core.models import ModelCache, ModelRegistry
 
+        check_bind(bind, keys)
         self.models = ModelCache(ModelRegistry.load(models_file))
         self.store = JobStore(jobs_dir)
         self.limits = limits
+        if paths is None:
+            paths = PathPolicy() if is_loopback(bind) else PathPolicy((), ())
+        self.paths = paths.with_input_root(self.store.root)
         self.devices = devices or available_devices()
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 500)
-        self.router.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max(limits.max_buffer_bytes, limits.max_map_bytes))
+        self.authenticator = secure(self.router, keys) if keys is not None else None
         self.router.bind(bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._events_endpoint = f"inproc://cvgen-events-{id(self)}"
@@ -77,8 +89,8 @@ class Server:
         self.subscribers: dict[str, list[Subscriber]] = {}
         self.stopping = threading.Event()
         self.started = time.time()
-        self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping, self.models)
-                        for d in self.devices]
+        self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping, self.models,
+                               self.paths) for d in self.devices]
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
             "hello": self.on_hello,
             "submit": self.on_submit,
@@ -118,6 +130,8 @@ class Server:
             self._on_event(self.events.recv_multipart(copy=False))
         self.events.close(linger=0)
         self.router.close(linger=500)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
 
     def _resume_unfinished(self) -> None:
@@ -143,6 +157,7 @@ class Server:
     def _on_request(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         try:
+            self.limits.check_message([len(f) for f in frames[1:]])
             msg = decode(frames[1:])
         except ProtocolError as exc:
             self.send(identity, Message("error", {"code": exc.code, "message": str(exc)}))
@@ -196,9 +211,17 @@ class Server:
             raise ProtocolError(f"deliver must be 'path' or 'inline', not {deliver!r}")
         count = len(spec.frame_numbers)
         if count > self.limits.max_frames_per_job:
-            raise ProtocolError(f"{count} frames is over this server's limit of {self.limits.max_frames_per_job} per job")
+            raise ProtocolError(f"{count} frames is over this server's limit max_frames_per_job = "
+                                f"{self.limits.max_frames_per_job}")
+        for role, template in spec.inputs.items():
+            self.paths.check_input(role, template)
+        if spec.output:
+            self.paths.check_output(spec.output)
         inline = self._inline_inputs(spec, msg)
-        check_job(spec, inline, self.models.registry)
+        checked = check_job(spec, inline, self.models.registry)
+        roles = set(spec.inputs) | set(inline)
+        for frame in spec.frame_numbers if inline else ():
+            checked.op.check_channels({role: frames[frame].channels for role, frames in inline.items()}, roles)
         if spec.inputs and not inline:
             FileShot(spec.inputs, spec.frame_numbers).check_complete()
         subscriber = Subscriber(identity, msg.header, deliver == "inline")
@@ -253,8 +276,8 @@ class Server:
                     raise ProtocolError(f"inline {role} entries need an integer frame and an image")
                 image = image_from_wire(entry.get("image"), msg.buffers)
                 if max(image.width, image.height) > self.limits.max_resolution:
-                    raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}, "
-                                        f"over the limit of {self.limits.max_resolution} pixels a side")
+                    raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}, over "
+                                        f"the server's limit max_resolution = {self.limits.max_resolution} pixels a side")
                 frames[entry["frame"]] = image
             missing = [f for f in spec.frame_numbers if f not in frames]
             extra = sorted(set(frames) - set(spec.frame_numbers))

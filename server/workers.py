@@ -23,6 +23,7 @@ from .errors import Cancelled
 from .io.exr import write_exr
 from .jobs.runner import run_job
 from .jobs.store import JobRecord
+from .paths import PathPolicy
 
 log = logging.getLogger("cvgen.server")
 
@@ -46,10 +47,12 @@ class ActiveJob:
 
 class Worker(threading.Thread):
     def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
-                 events_endpoint: str, stopping: threading.Event, models: Any = None) -> None:
+                 events_endpoint: str, stopping: threading.Event, models: Any = None,
+                 paths: PathPolicy | None = None) -> None:
         super().__init__(name=f"cvgen-worker-{device}", daemon=True)
         self.device = device
         self.models = models
+        self.paths = paths
         self.jobs = jobs
         self.context = context
         self.events_endpoint = events_endpoint
@@ -95,7 +98,7 @@ class Worker(threading.Thread):
 
             run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
                     is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
-                    models=self.models, device=self.device)
+                    models=self.models, device=self.device, paths=self.paths)
         except Cancelled:
             if job.cancel.is_set():
                 self._finish(push, job, "cancelled", "cancelled", "the job was cancelled; finished frames are kept")

@@ -22,6 +22,7 @@ from ..io.color import check_colorspace
 from ..io.exr import write_exr
 from ..ops import get_op
 from ..ops.base import OpContext, OpSpec
+from ..paths import PathPolicy
 from .shot import FileShot
 from .store import output_name
 
@@ -84,6 +85,7 @@ def run_job(
     models: Any = None,
     device: str | None = None,
     warmup: int | None = None,
+    paths: PathPolicy | None = None,
 ) -> list[int]:
     """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
 
@@ -92,6 +94,7 @@ def run_job(
     the default models file when an op needs a model and none is given). `warmup` frames before
     the first one to render are rendered and discarded by ops that carry state from frame to
     frame (default: the op's own number), so a chunk starts the way a full run reaches it.
+    `paths` (the server's) is checked again for every input frame as it is read.
     """
     cache = None
     if get_op(spec.op).uses_model:
@@ -114,7 +117,7 @@ def run_job(
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
         raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
-    shot = FileShot(spec.inputs, spec.frame_numbers, base)
+    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None)
     shot.check_complete()
     output_dir.mkdir(parents=True, exist_ok=True)
     todo = [f for f in wanted if not (output_dir / output_name(spec, f)).exists()]

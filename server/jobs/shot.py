@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Optional
 
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import frame_path
@@ -15,8 +16,11 @@ from ..io.exr import read_exr
 class FileShot:
     """Frames are read when an op asks for them, so a long shot never sits in memory at once."""
 
-    def __init__(self, inputs: dict[str, str], frames: range, base: Path | None = None) -> None:
+    def __init__(self, inputs: dict[str, str], frames: range, base: Path | None = None,
+                 check_file: Optional[Callable[[str, str], None]] = None) -> None:
+        """`check_file(role, path)` refuses a frame file before it is read (the server's path rules)."""
         self.frames = frames
+        self._check_file = check_file
         self._inputs = {role: _resolve(path, base) for role, path in inputs.items()}
 
     def has(self, role: str) -> bool:
@@ -31,6 +35,8 @@ class FileShot:
         path = self.path(role, frame)
         if not os.path.exists(path):
             raise InputError(f"{role} frame {frame} is missing: {path} does not exist")
+        if self._check_file is not None:
+            self._check_file(role, path)
         return read_exr(path)
 
     def check_complete(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Collection, Iterator, Mapping, Protocol, Sequence
 
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.images import Image
@@ -97,6 +97,11 @@ class OpContext:
 
 
 RunFn = Callable[[Shot, dict[str, Any], OpContext], Iterator[tuple[int, Image]]]
+ChannelCheck = Callable[[Mapping[str, Sequence[str]], Collection[str]], None]
+
+
+def _any_channels(channels: Mapping[str, Sequence[str]], roles: Collection[str]) -> None:
+    """Ops that take any channels."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,9 @@ class OpSpec:
     #: Frames an op that carries state from frame to frame renders, and discards, before the first
     #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
     warmup: int = 0
+    #: Refuses, before the job is queued, input frames without the channels the op reads
+    #: (role -> channel names of a frame sent inline; the job's input roles).
+    check_channels: ChannelCheck = _any_channels
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in and every value checked, before any work starts."""

@@ -45,7 +45,7 @@ from cvgen.protocol.images import Image
 
 from ..io.color import ColorTransform
 from .base import OpContext, OpSpec, Param, Shot
-from .layers import REACH, Layers, blur, feathered, over_plate, read_layers
+from .layers import REACH, Layers, check_layer_channels, blur, feathered, over_plate, read_layers
 
 LOG_SPACE = "ACEScct"
 #: Longest side, in pixels, of the subsample the edge is compared on.
@@ -263,4 +263,5 @@ OP = OpSpec(
     inputs=("plate", "fg"),
     optional_inputs=("matte",),
     run=run,
+    check_channels=check_layer_channels,
 )

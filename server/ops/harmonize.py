@@ -31,7 +31,7 @@ from cvgen.protocol.images import Image
 from ..errors import InputError
 from ..io.color import ColorTransform
 from .base import OpContext, OpSpec, Param, Shot
-from .layers import Layers, feathered, over_plate, read_layers
+from .layers import Layers, check_layer_channels, feathered, over_plate, read_layers
 
 StepFn = Callable[[int, int], None]
 
@@ -242,4 +242,5 @@ OP = OpSpec(
     run=run,
     uses_model=True,
     warmup=2,
+    check_channels=check_layer_channels,
 )

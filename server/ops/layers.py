@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     under the matte.
     """
     plate = shot.read("plate", frame)
-    _require_rgb(plate, "plate")
+    _require_rgb(plate.channels, "plate")
     if plate.pixels.dtype.kind != "f":
         raise InputError(
             f"cvgen composites scene-linear float frames (half or float), but plate frame {frame} is "
@@ -63,7 +64,7 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
         )
     step = max(1, math.ceil(max(plate.height, plate.width) / max_size)) if max_size else 1
     fg = shot.read("fg", frame).in_window(plate.data_window)
-    _require_rgb(fg, "fg")
+    _require_rgb(fg.channels, "fg")
     grid = _grid(step)
     rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
     if shot.has("matte"):
@@ -87,24 +88,39 @@ def _grid(step: int) -> tuple[slice, slice]:
     return slice(step // 2, None, step), slice(step // 2, None, step)
 
 
-def _require_rgb(image: Image, role: str) -> None:
-    missing = [c for c in RGB if c not in image.channels]
-    if missing:
+def check_layer_channels(channels: Mapping[str, Sequence[str]], roles: Collection[str]) -> None:
+    """The channel rules of `read_layers`, for the frames known before a job runs (those sent
+    inline); `roles` are all the job's inputs, so an fg without alpha passes when a matte is given."""
+    for role in ("plate", "fg"):
+        if role in channels:
+            _require_rgb(channels[role], role)
+    if "matte" in channels:
+        _matte_name(channels["matte"])
+    elif "fg" in channels and "matte" not in roles and "A" not in channels["fg"]:
         raise InputError(
-            f"the {role} has no {', '.join(missing)} channel(s); it has {', '.join(image.channels) or 'none'}"
+            f"the fg has no alpha channel A (it has {', '.join(channels['fg'])}) and no matte input was given: "
+            "the op needs one of them to know which pixels are foreground"
         )
+
+
+def _require_rgb(channels: Sequence[str], role: str) -> None:
+    missing = [c for c in RGB if c not in channels]
+    if missing:
+        raise InputError(f"the {role} has no {', '.join(missing)} channel(s); it has {', '.join(channels) or 'none'}")
+
+
+def _matte_name(channels: Sequence[str]) -> str:
+    if len(channels) == 1:
+        return channels[0]
+    for name in MATTE_CHANNELS:
+        if name in channels:
+            return name
+    raise InputError(f"the matte has none of the channels {', '.join(MATTE_CHANNELS)}; it has {', '.join(channels)}")
 
 
 def _matte_channel(matte: Image) -> np.ndarray:
     """The matte's coverage: its only channel, else the first of `MATTE_CHANNELS` it has."""
-    if len(matte.channels) == 1:
-        return matte.pixels[:, :, 0]
-    for name in MATTE_CHANNELS:
-        if matte.has(name):
-            return matte.channel(name)
-    raise InputError(
-        f"the matte has none of the channels {', '.join(MATTE_CHANNELS)}; it has {', '.join(matte.channels)}"
-    )
+    return matte.channel(_matte_name(matte.channels))
 
 
 def blur(a: np.ndarray, sigma: float) -> np.ndarray:
