@@ -115,9 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .service import Server
 
     keys = ServerKeys.load(args.keys) if args.keys else None
-    anywhere = is_loopback(args.bind)
-    paths = PathPolicy.roots(args.input_roots if args.input_roots or not anywhere else None,
-                             args.output_roots if args.output_roots or not anywhere else None)
+    default = None if is_loopback(args.bind) else []
+    paths = PathPolicy.roots(args.input_roots or default, args.output_roots or default)
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     server = Server(args.bind, args.jobs_dir, devices=args.devices, models_file=args.models, keys=keys,
                     paths=paths, limits=limits)

@@ -25,6 +25,8 @@ class PathPolicy:
 
     input_roots: Optional[tuple[Path, ...]] = None
     output_roots: Optional[tuple[Path, ...]] = None
+    #: The jobs folder, where inline frames are staged: readable, but not a place to name in messages.
+    staging: tuple[Path, ...] = ()
 
     @classmethod
     def roots(cls, inputs: Optional[Iterable[str | os.PathLike[str]]],
@@ -33,20 +35,18 @@ class PathPolicy:
 
     def with_input_root(self, root: Path) -> "PathPolicy":
         """Also allow reading under `root` (the jobs folder, where inline inputs are staged)."""
-        if self.input_roots is None:
-            return self
-        return PathPolicy(self.input_roots + _resolved([root]), self.output_roots)
+        return PathPolicy(self.input_roots, self.output_roots, self.staging + _resolved([root]))
 
     def check_input(self, role: str, template: str) -> None:
         """A frame-sequence path from a request: absolute, its folder under an input root."""
         folder = self._absolute(template, f"input {role}")
-        if self.input_roots is not None and not _under(folder, self.input_roots):
+        if self.input_roots is not None and not _under(folder, self.input_roots + self.staging):
             raise ProtocolError(f"input {role} {template} is outside the folders this server reads "
                                 f"({_names(self.input_roots)})")
 
     def check_input_file(self, role: str, path: str) -> None:
         """One frame file, just before it is read: a symlink must not point outside the roots."""
-        if self.input_roots is not None and not _under(Path(os.path.realpath(path)), self.input_roots):
+        if self.input_roots is not None and not _under(Path(os.path.realpath(path)), self.input_roots + self.staging):
             raise ProtocolError(f"{role} frame {path} leads outside the folders this server reads "
                                 f"({_names(self.input_roots)})")
 

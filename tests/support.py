@@ -14,23 +14,25 @@ from cvgen.server.io.exr import write_exr
 
 
 class ServerProcess:
-    """A `cvgen serve` subprocess on a free loopback port."""
+    """A `cvgen serve` subprocess on a free loopback port; `args` are more `cvgen serve` options."""
 
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, *args: str, bind: str = "tcp://127.0.0.1:*") -> None:
         self.jobs_dir = jobs_dir
+        self.args = args
+        self.bind = bind
         self.proc: subprocess.Popen[str] | None = None
         self.endpoint = ""
 
     def start(self) -> "ServerProcess":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
-             "--jobs-dir", str(self.jobs_dir)],
+            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", self.bind,
+             "--jobs-dir", str(self.jobs_dir), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
-        self.endpoint = line.split("listening on ", 1)[1].split()[0]
+        self.endpoint = line.split("listening on ", 1)[1].split()[0].replace("0.0.0.0", "127.0.0.1")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
