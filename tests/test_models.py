@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import threading
 from pathlib import Path
@@ -225,6 +226,23 @@ def without_unet(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
     return entry_for(tmp / "no-unet"), "unet/"
 
 
+def pickled_unet(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
+    """A folder whose UNet weights are a pickle that would create a file if it were ever unpickled."""
+    shutil.copytree(tiny, tmp / "pickled")
+    for weights in (tmp / "pickled" / "unet").glob("*.safetensors"):
+        weights.unlink()
+    (tmp / "pickled" / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_Payload(tmp / "pwned")))
+    return entry_for(tmp / "pickled"), "convert them to .safetensors"
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
 def garbage_safetensors(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
     (tmp / "garbage.safetensors").write_bytes(os.urandom(4096))
     return entry_for(tmp / "garbage.safetensors", tiny), str(tmp / "garbage.safetensors")
@@ -261,6 +279,7 @@ def pickle_checkpoint(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
     lambda tiny, tmp: (entry_for(tmp / "missing"), str(tmp / "missing")),
     lambda tiny, tmp: (entry_for(tmp), "no model_index.json"),
     without_unet,
+    pickled_unet,
     damaged_unet,
     garbage_safetensors,
     diffusers_keys_safetensors,
@@ -268,7 +287,7 @@ def pickle_checkpoint(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
     pickle_checkpoint,
     lambda tiny, tmp: (entry_for(tmp / "v2.safetensors"), 'config = "<diffusers folder'),
     lambda tiny, tmp: (entry_for(tmp / "absent.safetensors", tiny), str(tmp / "absent.safetensors")),
-], ids=["missing path", "no model_index", "no unet", "damaged unet", "garbage safetensors",
+], ids=["missing path", "no model_index", "no unet", "pickled unet", "damaged unet", "garbage safetensors",
         "not an sd checkpoint", "incomplete checkpoint", "pickle checkpoint", "single file without config",
         "missing single file"])
 def test_broken_models_raise_model_not_found_naming_the_path(make, tiny_model_path: Path, tmp_path: Path) -> None:
@@ -278,6 +297,7 @@ def test_broken_models_raise_model_not_found_naming_the_path(make, tiny_model_pa
     message = str(raised.value)
     assert named in message and str(entry.path) in message and "Traceback" not in message
     assert raised.value.code == "model_not_found"
+    assert not (tmp_path / "pwned").exists(), "a pickle in a model folder was executed"
 
 
 @pytest.mark.parametrize("text, named", [

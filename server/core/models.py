@@ -314,7 +314,10 @@ def _load_diffusers_folder(name: str, path: Path, torch_dtype: torch.dtype) -> d
         try:
             parts[part] = _load_part(path, part, torch_dtype)
         except Exception as exc:  # diffusers/transformers raise many types; the artist needs one sentence
-            raise _broken(name, path, f"its {part}/ could not be loaded", exc) from exc
+            pickled = not any((path / part).glob("*.safetensors")) and any((path / part).glob("*.bin"))
+            why = (f"its {part}/ has only pickle (.bin) weights, which cvgen does not load because a pickle can "
+                   "run code; convert them to .safetensors" if pickled else f"its {part}/ could not be loaded")
+            raise _broken(name, path, why, exc) from exc
     return parts
 
 
@@ -328,7 +331,9 @@ def _load_part(path: Path, part: str, torch_dtype: torch.dtype) -> Any:
     if part == "tokenizer":
         return CLIPTokenizer.from_pretrained(path, subfolder=part, local_files_only=True)
     network = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}[part]
-    return network.from_pretrained(path, subfolder=part, local_files_only=True, torch_dtype=torch_dtype)
+    # Weights only from safetensors: a .bin is a pickle, which can run code when loaded.
+    return network.from_pretrained(path, subfolder=part, local_files_only=True, torch_dtype=torch_dtype,
+                                   use_safetensors=True)
 
 
 def _check_diffusers_folder(name: str, path: Path) -> None:
