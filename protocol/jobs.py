@@ -7,6 +7,7 @@ so the format lives here, beside the wire protocol, rather than in the server.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ from .errors import ProtocolError
 
 DEFAULT_COLORSPACE = "Linear Rec.709 (sRGB)"
 
+#: Frame numbers beyond this are a typo or garbage, not a shot (and would not fit file names).
+MAX_FRAME = 10**8
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%0?(\d*)d")
@@ -62,11 +65,17 @@ class JobSpec:
         if not isinstance(self.op, str) or not self.op:
             raise ProtocolError(f"op must be a non-empty string, got {self.op!r}")
         try:
-            first, last = (int(v) for v in self.frames)
+            first, last = self.frames
         except (TypeError, ValueError):
             raise ProtocolError(f"frames must be [first, last], got {self.frames!r}") from None
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (first, last)):
+            raise ProtocolError(f"frames must be two whole frame numbers [first, last], got {self.frames!r}")
+        first, last = int(first), int(last)
         if last < first:
             raise ProtocolError(f"frame range {first}-{last} is empty: the last frame is before the first")
+        if max(abs(first), abs(last)) > MAX_FRAME:
+            raise ProtocolError(f"frame range {first}-{last} is outside the frame numbers cvgen handles "
+                                f"(-{MAX_FRAME} to {MAX_FRAME})")
         self.frames = (first, last)
         if not isinstance(self.inputs, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.inputs.items()
@@ -76,8 +85,8 @@ class JobSpec:
             raise ProtocolError("params must be a mapping of parameter names to values")
         if not isinstance(self.colorspace, str) or not self.colorspace:
             raise ProtocolError(f"colorspace must be a colour space name, got {self.colorspace!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ProtocolError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ProtocolError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
         if not isinstance(self.name, str) or re.search(r"[\\/\x00]", self.name):
             raise ProtocolError(f"shot name {self.name!r} must be plain text without slashes")
         if self.job_id is not None:
