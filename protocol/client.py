@@ -154,6 +154,7 @@ class Client:
             self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             del self._pending[msg.msg_id]
+            self._raise_handshake_failure()
             raise ServerUnavailable(f"cannot send to {self.address}: the connection is not ready") from None
         return msg.msg_id
 

@@ -7,14 +7,16 @@ test's tmp_path, then checks what Blender made (strips, files) with cvgen's own 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -67,15 +69,64 @@ def run_scenario(tmp_path: Path, name: str, args: dict[str, Any], timeout: float
     return json.loads(result_path.read_text())
 
 
-@pytest.fixture
-def shot_args(tmp_path: Path, server: ServerProcess) -> dict[str, Any]:
+def make_shot_args(tmp_path: Path, address: str) -> dict[str, Any]:
     (tmp_path / "project").mkdir()
     return {
         "shot": make_shot(tmp_path / "footage", range(FRAMES[0], FRAMES[1] + 2)),
         "frames": list(FRAMES),
         "blend": str(tmp_path / "project" / "sh010.blend"),
-        "address": server.endpoint,
+        "address": address,
     }
+
+
+@pytest.fixture
+def shot_args(tmp_path: Path, server: ServerProcess) -> dict[str, Any]:
+    return make_shot_args(tmp_path, server.endpoint)
+
+
+class KeyedServer(ServerProcess):
+    """`cvgen serve --keys KEYS` on a free loopback port: only the clients in KEYS/authorized/ get in."""
+
+    def __init__(self, jobs_dir: Path, keys: Path) -> None:
+        super().__init__(jobs_dir)
+        self.keys = keys
+
+    def start(self) -> "KeyedServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
+             "--jobs-dir", str(self.jobs_dir), "--keys", str(self.keys)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read()}"
+        self.endpoint = line.split("listening on ", 1)[1].split()[0]
+        return self
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two key folders as `cvgen keys generate` writes them: the studio's server with its artist,
+    and another server's, whose client the studio's server has never heard of."""
+    from cvgen.server.auth import generate_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keys(folder / "studio", ["artist"])
+    generate_keys(folder / "elsewhere", ["stranger"])
+    return folder
+
+
+@pytest.fixture
+def keyed_server(tmp_path: Path, keys: Path) -> Iterator[KeyedServer]:
+    srv = KeyedServer(tmp_path / "jobs", keys / "studio").start()
+    yield srv
+    if srv.proc and srv.proc.poll() is None:
+        srv.stop(signal.SIGKILL)
+
+
+def artist_keys(keys: Path) -> dict[str, str]:
+    return {"server_key": str(keys / "studio" / "server.key"),
+            "client_key": str(keys / "studio" / "clients" / "artist.key_secret")}
 
 
 def assert_result_strip(strip: dict[str, Any], job: str, project: Path, channel: int) -> None:
@@ -165,6 +216,47 @@ def test_a_network_server_is_refused_while_online_access_is_off(
     assert result["online_access"] is False
     for error in (result["error"], result["connect_error"]):
         assert "is on the network, and Blender's online access is off" in error
+
+
+def test_render_against_a_key_protected_server_with_the_workstations_keys(
+    blender_python: Path, tmp_path: Path, keyed_server: KeyedServer, keys: Path
+) -> None:
+    result = run_scenario(tmp_path, "render", {**make_shot_args(tmp_path, keyed_server.endpoint), **artist_keys(keys)})
+
+    assert result["connection"] == "CONNECTED"
+    (render,) = result["renders"]
+    assert render["result"] == "FINISHED", render
+    assert_result_strip(render["strip"], render["job"], tmp_path / "project", channel=3)
+    assert all(read_exr(f).attributes["cvgen:op"] == "colormatch" for f in render["strip"]["files"])
+    with Client(keyed_server.endpoint, **artist_keys(keys)) as client:
+        assert client.status(render["job"])["state"] == "done"
+
+
+def test_a_key_the_server_does_not_know_is_refused_with_what_to_do_not_a_hang(
+    blender_python: Path, tmp_path: Path, keyed_server: KeyedServer, keys: Path
+) -> None:
+    stranger = str(keys / "elsewhere" / "clients" / "stranger.key_secret")
+    server_key = str(keys / "studio" / "server.key")
+    missing = str(tmp_path / "artist.key_secret")
+    start = time.monotonic()
+    result = run_scenario(tmp_path, "keys_refused", {
+        **make_shot_args(tmp_path, keyed_server.endpoint), "timeout": 2.0,
+        "attempts": [[server_key, stranger], [server_key, missing], ["", missing]],
+    })
+
+    assert time.monotonic() - start < 60
+    unknown, absent, one_alone = result["attempts"]
+    refused = (f"the cvgen server at {keyed_server.endpoint} refused this workstation's key: ask whoever runs it to "
+               "put this workstation's public key (NAME.key) in the server's authorized/ folder (the key files are "
+               "set in the cvgen add-on's preferences)")
+    for error in (unknown["error"], unknown["connect_error"]):
+        assert refused in error
+    assert unknown["connection"] == "FAILED"
+    for error in (absent["error"], absent["connect_error"]):
+        assert f"client key {missing} does not exist; `cvgen keys generate` makes key files" in error
+    for error in (one_alone["error"], one_alone["connect_error"]):
+        assert "set a Client Key Pair but no Server Public Key" in error
+    assert not list((tmp_path / "jobs").glob("*/spec.json")), "no job reached the server"
 
 
 def test_ctrl_c_in_a_headless_render_cancels_the_job_on_the_server(
@@ -285,13 +377,29 @@ def test_the_built_zip_is_a_valid_extension(blender_python: Path, extension_zip:
 
 
 def test_the_built_zip_installs_and_talks_to_the_server(
-    blender_python: Path, tmp_path: Path, server: ServerProcess, extension_zip: Path
+    blender_python: Path, tmp_path: Path, server: ServerProcess, extension_zip: Path, keys: Path
 ) -> None:
-    result = run_scenario(tmp_path, "install", {
-        "zip": str(extension_zip), "blend": str(tmp_path / "i.blend"), "address": server.endpoint,
-    })
+    """Plainly to a local server, and with key files to one that requires them: the bundled pyzmq
+    wheel has CurveZMQ, zmq.auth and the socket monitor, and the vendored protocol its key module."""
+    keyed = KeyedServer(tmp_path / "keyed-jobs", keys / "studio").start()
+    try:
+        result = run_scenario(tmp_path, "install", {
+            "zip": str(extension_zip), "blend": str(tmp_path / "i.blend"), "address": server.endpoint,
+            "keyed": {"address": keyed.endpoint, **artist_keys(keys)},
+        })
+    finally:
+        keyed.stop(signal.SIGKILL)
 
     assert result["enabled"] and result["connection"] == "CONNECTED"
+    assert result["keyed_connection"] == "CONNECTED", result["keyed_message"]
+    with zipfile.ZipFile(extension_zip) as zf:
+        vendored = {Path(n).name for n in zf.namelist() if n.startswith("_vendor/cvgen_protocol/")}
+        pyzmq = [n for n in zf.namelist() if n.startswith("wheels/pyzmq-")]
+        for name in pyzmq:  # the client's key loading and handshake watching, on every platform
+            with zipfile.ZipFile(io.BytesIO(zf.read(name))) as wheel:
+                assert {"zmq/auth/certs.py", "zmq/utils/monitor.py"} <= set(wheel.namelist()), name
+    assert vendored == {p.name for p in (REPO / "protocol").glob("*.py")}
+    assert len(pyzmq) == 3
     assert result["protocol"] == "bl_ext.user_default.cvgen._vendor.cvgen_protocol", "the bundled copy"
     site = next((tmp_path / "extensions" / ".local" / "lib").glob("python3.*/site-packages"))
     assert (site / "zmq").is_dir() and (site / "msgpack").is_dir(), "Blender installed the bundled wheels"

@@ -159,11 +159,34 @@ def test_network_servers_need_online_access() -> None:
         connection.host_of("gpu-box:5555")
 
 
-def test_key_files_are_refused_until_the_client_takes_keys() -> None:
+def test_key_files_go_to_the_client_both_or_neither() -> None:
     plain = connection.ServerSettings("tcp://127.0.0.1:5555", timeout=3.0)
     assert connection.client_options(plain) == {"timeout": 3.0}
-    with pytest.raises(SetupError, match="cannot use keys yet"):
+    both = connection.ServerSettings(timeout=3.0, server_key="/keys/server.key", client_key="/keys/me.key_secret")
+    assert connection.client_options(both) == {"timeout": 3.0, "server_key": "/keys/server.key",
+                                               "client_key": "/keys/me.key_secret"}
+    with pytest.raises(SetupError, match="set a Server Public Key but no Client Key Pair"):
         connection.client_options(connection.ServerSettings(server_key="/keys/server.key"))
+    with pytest.raises(SetupError, match="set a Client Key Pair but no Server Public Key"):
+        connection.client_options(connection.ServerSettings(client_key="/keys/me.key_secret"))
+
+
+def test_a_missing_or_wrong_key_file_is_a_sentence_naming_the_file(tmp_path: Path) -> None:
+    """Checked when the client is made, before anything is sent; the report says where keys are set."""
+    from cvgen.server.auth import generate_keys
+
+    generate_keys(tmp_path / "keys", ["alice"])
+    server_key = str(tmp_path / "keys" / "server.key")
+    missing = connection.ServerSettings(server_key=server_key, client_key=str(tmp_path / "nope.key_secret"))
+    with pytest.raises(jobs.errors.KeyFileError) as caught:
+        jobs.hello(missing, False)
+    assert jobs.describe(caught.value) == (
+        f"client key {tmp_path / 'nope.key_secret'} does not exist; `cvgen keys generate` makes key files "
+        "(the key files are set in the cvgen add-on's preferences)")
+    public_half = connection.ServerSettings(server_key=server_key,
+                                            client_key=str(tmp_path / "keys" / "clients" / "alice.key"))
+    finished = wait_finished(jobs.Worker(lambda emit: jobs.hello(public_half, False)).start(), timeout=10)
+    assert "is a public key; use the matching .key_secret file" in finished.error
 
 
 # -- jobs against a real server ------------------------------------------------------------

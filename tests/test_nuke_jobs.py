@@ -140,6 +140,29 @@ def test_a_remote_server_gets_pixels_and_sends_pixels_back(tmp_path):
     assert sub.inline_inputs == plan.job.inputs and sub.deliver_to == plan.results
 
 
+def test_key_files_come_from_the_knobs_else_the_environment_and_go_with_the_job(tmp_path):
+    environ = {"CVGEN_SERVER_KEY": "/studio/server.key", "CVGEN_CLIENT_KEY": "/home/me/me.key_secret"}
+    assert jobbuild.key_files(values(), {}) == jobbuild.NO_KEYS
+    assert jobbuild.key_files(values(), environ) == jobbuild.KeyFiles("/studio/server.key", "/home/me/me.key_secret")
+    typed = values(**{knobs.SERVER_KEY: " /other/server.key ", knobs.CLIENT_KEY: ""})
+    assert jobbuild.key_files(typed, environ) == jobbuild.KeyFiles("/other/server.key", "/home/me/me.key_secret")
+    plan = jobbuild.plan_render(values(**{knobs.SERVER: "tcp://10.1.2.3:5555"}), INFO, ["plate", "fg"], (1, 3),
+                                str(tmp_path), "n", environ)
+    assert plan.keys == jobbuild.KeyFiles("/studio/server.key", "/home/me/me.key_secret")
+    assert jobbuild.submission(plan, HELLO).keys == plan.keys
+
+
+@pytest.mark.parametrize("changes, environ, words", [
+    ({knobs.SERVER_KEY: "/studio/server.key"}, {}, r"the server key is set but no client key \(the client key "
+                                                   r"knob, or \$CVGEN_CLIENT_KEY\)"),
+    ({}, {"CVGEN_CLIENT_KEY": "/home/me/me.key_secret"}, r"the client key is set but no server key \(the server key "
+                                                         r"knob, or \$CVGEN_SERVER_KEY\)"),
+])
+def test_one_key_file_without_the_other_is_refused_naming_the_missing_one(tmp_path, changes, environ, words):
+    with pytest.raises(SetupError, match=words):
+        jobbuild.plan_render(values(**changes), INFO, ["plate", "fg"], (1, 1), str(tmp_path), "n", environ)
+
+
 def test_submission_checks_the_servers_frame_limit(tmp_path):
     plan = jobbuild.plan_render(values(), INFO, ["plate", "fg"], (1, 101), str(tmp_path), "n")
     with pytest.raises(SetupError, match="101 frames"):
@@ -175,14 +198,3 @@ def test_inline_frames_are_read_from_hash_and_printf_sequences(tmp_path):
                                   range(1, 3))
     assert sorted(loaded) == ["also", "fg"] and sorted(loaded["fg"]) == [1, 2]
     assert loaded["fg"][2].pixels.dtype == np.float16 and float(loaded["fg"][2].channel("G")[0, 0]) == 2.0
-
-
-def test_oversized_inline_jobs_are_refused_before_sending():
-    frame = Image(np.zeros((10, 10, 4), np.float32), ("R", "G", "B", "A"))  # 1600 bytes
-    transfer.check_size({}, HELLO["limits"])
-    with pytest.raises(SetupError, match="over the server's limit of .* MiB per frame"):
-        transfer.check_size({"fg": {1: frame}}, HELLO["limits"])
-    small = Image(np.zeros((10, 10, 1), np.float32), ("A",))  # 400 bytes
-    transfer.check_size({"fg": {f: small for f in range(6)}}, HELLO["limits"])
-    with pytest.raises(SetupError, match="render a shorter range, or use a server that shares files"):
-        transfer.check_size({"fg": {f: small for f in range(7)}}, HELLO["limits"])

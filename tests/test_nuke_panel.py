@@ -48,7 +48,7 @@ def test_text_parameters_share_one_knob_and_prompts_are_multiline(info):
 
 def test_fixed_knobs_come_first_then_parameters_then_the_farm_tab(info):
     names = [s.name for s in knobs.panel(info, project=(1, 50), environ={"CVGEN_SERVER": "tcp://farm:5555"})]
-    assert names[:4] == ["cvgen", knobs.SERVER, knobs.REFRESH, knobs.OP]
+    assert names[:6] == ["cvgen", knobs.SERVER, knobs.REFRESH, knobs.SERVER_KEY, knobs.CLIENT_KEY, knobs.OP]
     assert names.index(knobs.RENDER) < names.index(knobs.STATUS) < names.index("params_divider")
     assert all("__" in n for n in names[names.index("params_divider") + 1:names.index(knobs.FARM_TAB)])
     assert names[names.index(knobs.FARM_TAB):] == [s.name for s in knobs.farm_knobs()]
@@ -60,6 +60,15 @@ def test_fixed_knobs_come_first_then_parameters_then_the_farm_tab(info):
     assert specs[knobs.COLORSPACE].choices == ("ACEScg", DEFAULT_COLORSPACE)
     assert specs[knobs.COLORSPACE].default == DEFAULT_COLORSPACE
     assert ServerInfo.from_json(specs[knobs.OPS].default) == info
+
+
+def test_key_knobs_are_empty_file_knobs_that_name_their_environment_variables(info):
+    """A secret key belongs to the workstation: a new node stores no key path unless one is typed in."""
+    specs = by_name(knobs.panel(info, environ={"CVGEN_SERVER_KEY": "/keys/server.key"}))
+    server_key, client_key = specs[knobs.SERVER_KEY], specs[knobs.CLIENT_KEY]
+    assert (server_key.kind, server_key.default, client_key.kind, client_key.default) == ("file", "", "file", "")
+    assert "$CVGEN_SERVER_KEY" in server_key.tooltip and "server.key" in server_key.tooltip
+    assert "$CVGEN_CLIENT_KEY" in client_key.tooltip and "NAME.key_secret" in client_key.tooltip
 
 
 def test_default_server_without_the_environment_variable():

@@ -8,14 +8,20 @@ back as its Read node loads them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import numpy as np
 import pytest
-from support import make_shot
+from support import ServerProcess, make_shot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nuke_plugin"))
 
@@ -26,6 +32,8 @@ from cvgen_nuke.schema import from_hello  # noqa: E402
 
 from cvgen.protocol import Image, ServerUnavailable, frame_path  # noqa: E402
 from cvgen.protocol.client import Client  # noqa: E402
+from cvgen.protocol.errors import AuthenticationFailed, KeyFileError  # noqa: E402
+from cvgen.server.auth import generate_keys  # noqa: E402
 from cvgen.server.io.exr import read_exr, write_exr  # noqa: E402
 
 #: Nuke channel sets as a Write node names them in the EXR file.
@@ -58,14 +66,16 @@ def ALWAYS(progress: JobProgress) -> bool:
     return True
 
 
-def node_plan(server_endpoint: str, out: Path, frames: tuple[int, int], **changes: object) -> tuple[RenderPlan, dict]:
-    """What pressing Render computes from a fresh node's knobs plus a compositor's changes."""
-    hello = session.hello(server_endpoint)
+def node_plan(server_endpoint: str, out: Path, frames: tuple[int, int], environ: Mapping[str, str] = {},
+              **changes: object) -> tuple[RenderPlan, dict]:
+    """What pressing Render computes from a fresh node's knobs plus a compositor's changes, on a
+    workstation with the environment `environ` (where the key files may be named)."""
+    hello = session.hello(server_endpoint, session.TIMEOUT_S, jobbuild.key_files({}, environ))
     info = from_hello(hello)
     values = {s.name: s.default for s in knobs.panel(info) if s.kind in knobs.VALUE_KINDS}
     values.update({knobs.SERVER: server_endpoint, knobs.OUTPUT: str(out), **changes})
     version = paths.next_version(paths.output_folder(str(values[knobs.OUTPUT]), "", "cvgen1"))
-    plan = jobbuild.plan_render(values, info, ["plate", "fg"], frames, version, "cvgen1")
+    plan = jobbuild.plan_render(values, info, ["plate", "fg"], frames, version, "cvgen1", environ)
     return plan, hello
 
 
@@ -209,3 +219,85 @@ def test_no_server_is_a_clear_failure_not_a_hang(tmp_path, shot):
     progress = session.drive(session.RenderSession(submission, timeout=0.5), RecordingView(), plan.job.frames)
     assert progress.outcome is not None and progress.outcome.state == FAILED
     assert address in progress.outcome.message
+
+
+# -- a server that requires CurveZMQ keys ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Key folders as `cvgen keys generate` writes them: the studio server's, with this
+    workstation ("comp") allowed, and another server's, whose client the studio never allowed."""
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keys(folder / "studio", ["comp"])
+    generate_keys(folder / "elsewhere", ["stranger"])
+    return folder
+
+
+@pytest.fixture
+def keyed_server(tmp_path: Path, keys: Path) -> Iterator[ServerProcess]:
+    """`cvgen serve --keys` on a free loopback port."""
+    srv = ServerProcess(tmp_path / "jobs")
+    srv.proc = subprocess.Popen(
+        [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
+         "--jobs-dir", str(srv.jobs_dir), "--keys", str(keys / "studio")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert srv.proc.stdout is not None and srv.proc.stderr is not None
+    line = srv.proc.stdout.readline()
+    assert "listening on" in line, f"server did not start: {line!r} {srv.proc.stderr.read()}"
+    srv.endpoint = line.split("listening on ", 1)[1].split()[0]
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop(signal.SIGKILL)
+
+
+def workstation(keys: Path, client_key: Path | None = None) -> dict[str, str]:
+    """The environment a studio sets on the comp workstation: the server's public key, its own secret key."""
+    return {"CVGEN_SERVER_KEY": str(keys / "studio" / "server.key"),
+            "CVGEN_CLIENT_KEY": str(client_key or keys / "studio" / "clients" / "comp.key_secret")}
+
+
+def test_render_through_a_key_protected_server_with_the_workstations_keys(keyed_server, keys, tmp_path, shot):
+    """A server elsewhere: keys from the workstation's environment, frames sent and returned as pixels."""
+    plan, hello = node_plan(keyed_server.endpoint, tmp_path / "comp", (1001, 1003), workstation(keys),
+                            **{knobs.TRANSFER: "inline"})
+    assert plan.keys == jobbuild.KeyFiles(str(keys / "studio" / "server.key"),
+                                          str(keys / "studio" / "clients" / "comp.key_secret"))
+    inputs = write_inputs_like_nuke(plan, shot)
+    submission = jobbuild.submission(plan, hello)
+
+    progress = session.drive(session.RenderSession(submission), RecordingView(), plan.job.frames)
+
+    assert progress.outcome is not None and progress.outcome.state == DONE, progress.outcome
+    check_results_like_the_read_node(plan, inputs, provenance=False)
+    with Client(keyed_server.endpoint, server_key=plan.keys.server_key, client_key=plan.keys.client_key) as client:
+        assert client.status(progress.job_id)["state"] == "done"
+
+
+def test_a_missing_key_file_or_a_key_the_server_never_allowed_is_a_clear_failure(keyed_server, keys, tmp_path):
+    missing = tmp_path / "comp.key_secret"
+    plan, _ = node_plan(keyed_server.endpoint, tmp_path / "comp", (1001, 1003), workstation(keys))
+    no_file = f"client key {missing} does not exist; `cvgen keys generate` makes key files"
+    # Refresh ops / a new node: the message box says which file.
+    with pytest.raises(KeyFileError, match=re.escape(no_file)):
+        session.wait(session.in_worker(session.hello, keyed_server.endpoint, 2.0,
+                                       jobbuild.key_files({knobs.CLIENT_KEY: str(missing)}, workstation(keys))),
+                     lambda: False)
+    # Render: the node's status line says the same, and nothing was sent.
+    lost = dataclasses.replace(jobbuild.submission(plan, {}), keys=jobbuild.key_files({}, workstation(keys, missing)))
+    progress = session.drive(session.RenderSession(lost, timeout=2.0), RecordingView(), plan.job.frames)
+    assert progress.outcome is not None and progress.outcome.state == FAILED
+    assert progress.outcome.message == no_file
+
+    stranger = workstation(keys, keys / "elsewhere" / "clients" / "stranger.key_secret")
+    refused = (f"the cvgen server at {keyed_server.endpoint} refused this workstation's key: ask whoever runs it "
+               "to put this workstation's public key (NAME.key) in the server's authorized/ folder")
+    start = time.monotonic()
+    with pytest.raises(AuthenticationFailed, match=re.escape(refused)):
+        session.wait(session.in_worker(session.hello, keyed_server.endpoint, 1.0, jobbuild.key_files({}, stranger)),
+                     lambda: False)
+    unknown = dataclasses.replace(jobbuild.submission(plan, {}), keys=jobbuild.key_files({}, stranger))
+    progress = session.drive(session.RenderSession(unknown, timeout=1.0), RecordingView(), plan.job.frames)
+    assert time.monotonic() - start < 15, "refused, not hung"
+    assert progress.outcome is not None and progress.outcome.state == FAILED
+    assert progress.outcome.message == refused
+    assert not list((tmp_path / "jobs").glob("*/spec.json")), "no job reached the server"

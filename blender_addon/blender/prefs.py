@@ -30,11 +30,13 @@ class CvgenPreferences(AddonPreferences):
     )
     server_key: StringProperty(  # type: ignore[valid-type]
         name="Server Public Key", subtype="FILE_PATH",
-        description="CurveZMQ public key file of a LAN or farm server",
+        description="the server's public key file (server.key from `cvgen keys generate`), for a LAN or farm "
+                    "server; set it with the Client Key Pair, or leave both empty for a server on this machine",
     )
     client_key: StringProperty(  # type: ignore[valid-type]
         name="Client Key Pair", subtype="FILE_PATH",
-        description="CurveZMQ secret key file of this workstation",
+        description="this workstation's secret key file (clients/NAME.key_secret from `cvgen keys generate`); "
+                    "its public half must be in the server's authorized/ folder",
     )
     server_python: StringProperty(  # type: ignore[valid-type]
         name="Python with cvgen", subtype="FILE_PATH",

@@ -2,13 +2,12 @@
 
 Blender's rule for extensions: nothing goes out over the network unless the artist allowed
 online access (`bpy.app.online_access`); the loopback interface is not the network, so a local
-server always works. A LAN or farm server should be reached with CurveZMQ keys; the key files
-are stored now and passed to the client as soon as it accepts them.
+server always works. A LAN or farm server is reached with CurveZMQ keys (`cvgen keys generate`):
+the server's public key file and this workstation's secret key file, both or neither.
 """
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -62,21 +61,25 @@ def check_allowed(address: str, online_access: bool) -> None:
 
 
 def client_options(settings: ServerSettings) -> dict[str, Any]:
-    """Keyword arguments for `Client` besides the address.
+    """Keyword arguments for `Client` besides the address: the timeout, and the key files when set.
 
-    Key files are passed as `server_key`/`client_key` once the client takes them; until then a
-    request with keys set fails here rather than going out unencrypted behind the artist's back.
+    Both key files or neither: one alone is refused here, naming the missing one, rather than
+    left to fail (or to go out unencrypted) at the server.
     """
     options: dict[str, Any] = {"timeout": settings.timeout}
-    keys = {"server_key": settings.server_key, "client_key": settings.client_key}
-    if any(keys.values()):
-        accepted = inspect.signature(client.Client).parameters
-        if not all(name in accepted for name in keys):
+    server_key, client_key = settings.server_key.strip(), settings.client_key.strip()
+    if server_key or client_key:
+        if not server_key:
             raise SetupError(
-                "CurveZMQ key files are set in the cvgen preferences, but this cvgen client cannot use "
-                "keys yet: clear them to connect without encryption (only on a network you trust)"
-            )
-        options.update({name: path for name, path in keys.items() if path})
+                "the cvgen preferences set a Client Key Pair but no Server Public Key: set both (the server's "
+                "server.key and this workstation's NAME.key_secret from `cvgen keys generate`), or clear both "
+                "for a server on this machine")
+        if not client_key:
+            raise SetupError(
+                "the cvgen preferences set a Server Public Key but no Client Key Pair: set both (the server's "
+                "server.key and this workstation's NAME.key_secret from `cvgen keys generate`), or clear both "
+                "for a server on this machine")
+        options.update(server_key=server_key, client_key=client_key)
     return options
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from . import SetupError
 from .connection import ServerSettings, open_client
 from .params import find_op, job_params, ops_from_hello
-from .protocol import client, protocol
+from .protocol import client, errors, protocol
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def run_job(request: RenderRequest, emit: Emit, cancelled: Callable[[], bool] = 
     """Check, submit and follow the job; every event goes to `emit`; returns the `Done`.
 
     `cancelled` is asked once more just before submitting, so a cancel that comes while the
-    server is still being asked for its schema never starts the job.
+    server is still being asked for its schema never starts the job. The job goes out on the
+    client that asked `hello`, so the client knows the server's limits before it sends (the
+    add-on sends paths, never pixels, so only the message itself is measured against them).
     """
     with open_client(request.server, request.online_access) as c:
         spec = build_job(request, c.hello(), emit)
@@ -108,6 +110,8 @@ def cancel_job(server: ServerSettings, online_access: bool, job_id: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """An exception as a sentence for a Blender report."""
+    if isinstance(exc, (errors.KeyFileError, errors.AuthenticationFailed)):
+        return f"{exc} (the key files are set in the cvgen add-on's preferences)"
     if isinstance(exc, protocol.ServerError):
         return f"cvgen server: {exc.args[0]} ({exc.code})"
     if isinstance(exc, (SetupError, protocol.CvgenError)):

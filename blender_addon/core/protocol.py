@@ -54,4 +54,5 @@ def _load_repository_copy() -> ModuleType:
 
 protocol = _load()
 client = importlib.import_module(f"{protocol.__name__}.client")
+errors = importlib.import_module(f"{protocol.__name__}.errors")
 schema = importlib.import_module(f"{protocol.__name__}.schema")

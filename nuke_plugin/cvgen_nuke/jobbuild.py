@@ -7,6 +7,7 @@ the server. The server checks again; this is for the message, not for safety.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +27,36 @@ INPUT_CHANNELS = {"plate": "rgb", "fg": "rgba", "matte": "alpha", "depth": "dept
 
 
 @dataclass(frozen=True)
+class KeyFiles:
+    """The CurveZMQ key files a client uses: both (a server on the network) or neither."""
+
+    server_key: str = ""
+    client_key: str = ""
+
+
+#: No key files: an unencrypted connection, for a server on this machine.
+NO_KEYS = KeyFiles()
+
+
+def key_files(values: Mapping[str, Any], environ: Mapping[str, str]) -> KeyFiles:
+    """The node's key knobs, each falling back to its environment variable when empty.
+
+    One file without the other is refused here, naming the missing one.
+    """
+    server_key = str(values.get(knobs.SERVER_KEY) or "").strip() or environ.get(knobs.SERVER_KEY_VARIABLE, "").strip()
+    client_key = str(values.get(knobs.CLIENT_KEY) or "").strip() or environ.get(knobs.CLIENT_KEY_VARIABLE, "").strip()
+    both = ("`cvgen keys generate` makes the server's server.key and this workstation's clients/NAME.key_secret; "
+            "set both, or neither for a server on this machine")
+    if server_key and not client_key:
+        raise SetupError(f"the server key is set but no client key (the client key knob, or "
+                         f"${knobs.CLIENT_KEY_VARIABLE}): {both}")
+    if client_key and not server_key:
+        raise SetupError(f"the client key is set but no server key (the server key knob, or "
+                         f"${knobs.SERVER_KEY_VARIABLE}): {both}")
+    return KeyFiles(server_key, client_key)
+
+
+@dataclass(frozen=True)
 class RenderPlan:
     """A render the node is about to do: the job, and where its files go on this machine.
 
@@ -37,6 +68,7 @@ class RenderPlan:
     address: str
     transfer: str
     results: str
+    keys: KeyFiles = NO_KEYS
 
 
 @dataclass(frozen=True)
@@ -53,11 +85,14 @@ class Submission:
     inline_inputs: Mapping[str, str]
     deliver_to: str | None
     limits: Mapping[str, int]
+    keys: KeyFiles = NO_KEYS
 
 
 def plan_render(values: Mapping[str, Any], info: ServerInfo, connected: Sequence[str],
-                frame_range: tuple[int, int], version_dir: str, name: str) -> RenderPlan:
-    """The job for the node's knob `values`, its connected input roles and frame range."""
+                frame_range: tuple[int, int], version_dir: str, name: str,
+                environ: Mapping[str, str] = os.environ) -> RenderPlan:
+    """The job for the node's knob `values`, its connected input roles and frame range; the key
+    files from its key knobs, else from `environ`."""
     op = info.op(str(values[knobs.OP]))
     missing = [role for role in op.inputs if role not in connected]
     if missing:
@@ -76,7 +111,8 @@ def plan_render(values: Mapping[str, Any], info: ServerInfo, connected: Sequence
         name=name,
         output=version_dir,
     )
-    return RenderPlan(job, address, str(values[knobs.TRANSFER]), paths.result_sequence(version_dir, name))
+    return RenderPlan(job, address, str(values[knobs.TRANSFER]), paths.result_sequence(version_dir, name),
+                      key_files(values, environ))
 
 
 def params_from_values(op: OpSchema, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,10 +126,10 @@ def submission(plan: RenderPlan, hello: Mapping[str, Any]) -> Submission:
     limits = {str(k): int(v) for k, v in (hello.get("limits") or {}).items()}
     frames.check_count(plan.job.frames, limits.get("max_frames_per_job"))
     if transfer.choose(plan.transfer, plan.address, str(hello.get("jobs_dir", ""))) == "paths":
-        return Submission(plan.address, plan.job, {}, None, limits)
+        return Submission(plan.address, plan.job, {}, None, limits, plan.keys)
     job = JobSpec(plan.job.op, plan.job.frames, {}, plan.job.params, plan.job.colorspace, plan.job.seed,
                   plan.job.name)
-    return Submission(plan.address, job, dict(plan.job.inputs), plan.results, limits)
+    return Submission(plan.address, job, dict(plan.job.inputs), plan.results, limits, plan.keys)
 
 
 def _checked(op: str, param: ParamSchema, value: Any) -> Any:

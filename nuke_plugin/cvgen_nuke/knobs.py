@@ -26,6 +26,8 @@ from .schema import ServerInfo
 # Names of the fixed knobs; other modules read the knob values by these names.
 SERVER = "server"
 REFRESH = "refresh"
+SERVER_KEY = "server_key"
+CLIENT_KEY = "client_key"
 OP = "op"
 FRAME_RANGE = "frame_range"
 FIRST = "first_frame"
@@ -78,6 +80,12 @@ class KnobSpec:
     same_line: bool = False
 
 
+#: Where the CurveZMQ key files come from when the node's key knobs are empty: a secret key
+#: belongs to a workstation, not to a script that travels between artists.
+SERVER_KEY_VARIABLE = "CVGEN_SERVER_KEY"
+CLIENT_KEY_VARIABLE = "CVGEN_CLIENT_KEY"
+
+
 def default_address(environ: Mapping[str, str]) -> str:
     """The server a new node talks to: $CVGEN_SERVER, else the server's own default address."""
     return environ.get("CVGEN_SERVER") or DEFAULT_ADDRESS
@@ -108,6 +116,13 @@ def fixed_knobs(info: ServerInfo, project: tuple[int, int], environ: Mapping[str
                  "address of the cvgen server (`cvgen serve`); $CVGEN_SERVER sets the default"),
         KnobSpec(REFRESH, "button", "Refresh ops", tooltip="ask the server again for its ops and parameters",
                  same_line=True),
+        KnobSpec(SERVER_KEY, "file", "server key", "",
+                 "the server's public key file (server.key from `cvgen keys generate`), for a server on the "
+                 f"network; empty: ${SERVER_KEY_VARIABLE}. Leave it and the client key empty for a server on "
+                 "this machine"),
+        KnobSpec(CLIENT_KEY, "file", "client key", "",
+                 "this workstation's secret key file (clients/NAME.key_secret from `cvgen keys generate`), "
+                 f"whose public half is in the server's authorized/ folder; empty: ${CLIENT_KEY_VARIABLE}"),
         KnobSpec(OP, "choice", "op", info.op_names[0] if info.ops else "", _op_tooltip(info),
                  choices=info.op_names),
         KnobSpec("frames_divider", "divider"),

@@ -66,7 +66,7 @@ def create_node(address: str = "") -> nuke.Group:
     project = _project_range()
     address = address or knobs.default_address(os.environ)
     try:
-        info = from_hello(_wait_for_server(address))
+        info = from_hello(_wait_for_server(address, jobbuild.key_files({}, os.environ)))
     except CvgenError as exc:
         _tell(f"cvgen: {exc}\nThe node is created without ops: start the server and press Refresh ops.")
         info = ServerInfo()
@@ -185,7 +185,7 @@ def render(node: nuke.Node) -> JobProgress:
         plan = jobbuild.plan_render(values, info, _connected(node), _frame_range(node, values),
                                     paths.next_version(_output_folder(node, values)), node.name())
         _status(node, "asking the server")
-        submission = jobbuild.submission(plan, _wait_for_server(plan.address))
+        submission = jobbuild.submission(plan, _wait_for_server(plan.address, plan.keys))
         _status(node, "rendering the inputs")
         _write_inputs(node, plan)
         _load_results(node, plan)
@@ -239,7 +239,9 @@ def cancel(node: nuke.Node) -> None:
     address, _, job_id = node[knobs.LAST_JOB].value().partition(" ")
     if not job_id:
         raise SetupError("this node has not sent a job yet, so there is nothing to cancel")
-    reply = _wait(session.in_worker(session.cancel_job, address, job_id), f"cancelling job {job_id}")
+    keys = _key_files(node)
+    reply = _wait(session.in_worker(session.cancel_job, address, job_id, session.TIMEOUT_S, keys),
+                  f"cancelling job {job_id}")
     _status(node, f"job {job_id}: {reply.get('state', 'unknown')}")
 
 
@@ -247,7 +249,7 @@ def refresh(node: nuke.Node) -> None:
     """Ask the server for its ops again and rebuild the parameter knobs, keeping set values."""
     node = _cvgen_node(node)
     old = ServerInfo.from_json(node[knobs.OPS].value())
-    info = from_hello(_wait_for_server(node[knobs.SERVER].value()))
+    info = from_hello(_wait_for_server(node[knobs.SERVER].value(), _key_files(node)))
     kept: dict[str, Any] = {}
     # The Farm tab comes after the parameters: take it off and put it back after them.
     for spec in [*knobs.param_knobs(old), *knobs.farm_knobs()]:
@@ -282,6 +284,11 @@ def _values(node: nuke.Node, info: ServerInfo) -> dict[str, Any]:
         if knob is not None and spec.kind in knobs.VALUE_KINDS:
             values[spec.name] = (cast(nuke.File_Knob, knob).evaluate() or "") if spec.kind == "file" else knob.value()
     return values
+
+
+def _key_files(node: nuke.Node) -> jobbuild.KeyFiles:
+    """The node's key files: its key knobs (absent on a node made before they existed), else the environment."""
+    return jobbuild.key_files(_values(node, ServerInfo.from_json(node[knobs.OPS].value())), os.environ)
 
 
 def _connected(node: nuke.Node) -> list[str]:
@@ -366,8 +373,9 @@ class _TaskView:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _wait_for_server(address: str) -> dict[str, Any]:
-    return _wait(session.in_worker(session.hello, address, HELLO_TIMEOUT_S), f"asking the cvgen server at {address}")
+def _wait_for_server(address: str, keys: jobbuild.KeyFiles) -> dict[str, Any]:
+    return _wait(session.in_worker(session.hello, address, HELLO_TIMEOUT_S, keys),
+                 f"asking the cvgen server at {address}")
 
 
 def _wait(future: concurrent.futures.Future[T], message: str) -> T:

@@ -7,7 +7,8 @@ waits on that queue in short slices, so Nuke's progress window stays live and a 
 for there reaches the server within a slice.
 
 A cancel goes out on a short-lived client of its own thread, because the worker is blocked
-reading the job's stream and its socket must not be shared between threads.
+reading the job's stream and its socket must not be shared between threads. Every client uses
+the submission's CurveZMQ key files, if any.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cvgen.protocol.client import Accepted, Client, Done, Event, FrameReady
 
 from . import exr, transfer
 from .errors import RenderCancelled
-from .jobbuild import Submission
+from .jobbuild import NO_KEYS, KeyFiles, Submission
 from .progress import CANCELLED, DONE, FAILED, JobProgress, Notice, Outcome, Update
 
 log = logging.getLogger("cvgen.nuke")
@@ -71,15 +72,21 @@ def wait(future: concurrent.futures.Future[T], cancelled: Callable[[], bool], po
     return future.result()
 
 
-def hello(address: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+def connect(address: str, timeout: float, keys: KeyFiles = NO_KEYS) -> Client:
+    """A client for `address`, encrypted when `keys` names key files; a missing or wrong key file
+    raises `KeyFileError`, a server that refuses the keys `AuthenticationFailed` (both `CvgenError`)."""
+    return Client(address, timeout, server_key=keys.server_key or None, client_key=keys.client_key or None)
+
+
+def hello(address: str, timeout: float = TIMEOUT_S, keys: KeyFiles = NO_KEYS) -> dict[str, Any]:
     """The server's `hello`: its ops, colour spaces, limits and jobs folder."""
-    with Client(address, timeout) as client:
+    with connect(address, timeout, keys) as client:
         return client.hello()
 
 
-def cancel_job(address: str, job_id: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+def cancel_job(address: str, job_id: str, timeout: float = TIMEOUT_S, keys: KeyFiles = NO_KEYS) -> dict[str, Any]:
     """Cancel a job by id; the reply's `state` is cancelled, cancelling, or how it had ended."""
-    with Client(address, timeout) as client:
+    with connect(address, timeout, keys) as client:
         return client.cancel(job_id)
 
 
@@ -146,8 +153,10 @@ class RenderSession:
     def _stream(self) -> None:
         sub = self.submission
         inline = transfer.load_inline(sub.inline_inputs, sub.job.frame_numbers)
-        transfer.check_size(inline, sub.limits)
-        with Client(sub.address, self.timeout) as client:
+        with connect(sub.address, self.timeout, sub.keys) as client:
+            # First `hello` on this very client: it learns the server's limits and checks the job
+            # against them before sending, and a refused handshake is reported as such.
+            client.hello()
             stream = client.submit(sub.job, inline or None, deliver="inline" if sub.deliver_to else "path")
             for event in stream:
                 if isinstance(event, Accepted):
@@ -184,7 +193,7 @@ class RenderSession:
     def _send_cancel(self, job_id: str) -> None:
         def send() -> None:
             try:
-                cancel_job(self.submission.address, job_id, self.timeout)
+                cancel_job(self.submission.address, job_id, self.timeout, self.submission.keys)
             except CvgenError as exc:
                 self._updates.put(Notice(f"the cancel did not reach the server: {exc}"))
 

@@ -46,19 +46,3 @@ def is_local(address: str) -> bool:
 def load_inline(sequences: Mapping[str, str], frames: range) -> dict[str, dict[int, Image]]:
     """The frames of each role's sequence, read for sending (role -> frame -> Image)."""
     return {role: {f: exr.read(frame_path(seq, f)) for f in frames} for role, seq in sequences.items()}
-
-
-def check_size(inline: Mapping[str, Mapping[int, Image]], limits: Mapping[str, int]) -> None:
-    """Refuse a message the server would drop: ZeroMQ closes the connection on an oversized
-    message, which a host could only see as a server that stopped answering."""
-    sizes = [img.pixels.nbytes for frames in inline.values() for img in frames.values()]
-    most_per_frame = limits.get("max_buffer_bytes")
-    if most_per_frame is not None and sizes and max(sizes) > most_per_frame:
-        raise SetupError(f"a frame of {max(sizes) / 2**20:.0f} MiB is over the server's limit of "
-                         f"{most_per_frame / 2**20:.0f} MiB per frame")
-    most = limits.get("max_message_bytes")
-    if most is not None and sum(sizes) > most:
-        raise SetupError(
-            f"sending these frames as pixels takes {sum(sizes) / 2**20:.0f} MiB, over the server's limit of "
-            f"{most / 2**20:.0f} MiB per job: render a shorter range, or use a server that shares files"
-        )

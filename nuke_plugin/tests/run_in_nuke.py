@@ -3,6 +3,9 @@
     cvgen serve &                                   # or any server this machine can reach
     nuke -t nuke_plugin/tests/run_in_nuke.py tcp://127.0.0.1:5555 /tmp/cvgen-nuke-check
 
+For a server started with `cvgen serve --keys KEYS`, set $CVGEN_SERVER_KEY and $CVGEN_CLIENT_KEY
+(KEYS/server.key and KEYS/clients/NAME.key_secret) first: the node takes its key files from them.
+
 It builds a tiny script (a checkerboard plate written to EXR and read back with a Read node, a
 tinted disc as the premultiplied foreground), creates a cvgen node through the plugin, renders
 colormatch by paths and then inline, and checks what the node's output shows: the plate outside

@@ -91,6 +91,8 @@ def setup_shot(args: dict[str, Any]) -> bpy.types.Scene:
     scene = new_blend(args["blend"], (first, last))
     prefs().address = args["address"]
     prefs().timeout = args.get("timeout", 10.0)
+    prefs().server_key = args.get("server_key", "")
+    prefs().client_key = args.get("client_key", "")
     frames = list(range(first, last + 1))
     plate = image_strip(scene, "plate", args["shot"]["plate"], args.get("plate_files", frames), 1,
                         args.get("plate_start", first))
@@ -134,6 +136,22 @@ def scenario_unreachable(args: dict[str, Any]) -> dict[str, Any]:
     """Render against a server that is not there; no connect first (a farm script would not)."""
     scene = setup_shot(args)
     return run_render(scene)
+
+
+def scenario_keys_refused(args: dict[str, Any]) -> dict[str, Any]:
+    """Connect and render with each pair of key files in `attempts`; every one must be refused."""
+    scene = setup_shot(args)
+    out: dict[str, Any] = {"attempts": []}
+    for server_key, client_key in args["attempts"]:
+        prefs().server_key, prefs().client_key = server_key, client_key
+        attempt = run_render(scene)
+        try:
+            bpy.ops.cvgen.connect()
+        except RuntimeError as exc:
+            attempt["connect_error"] = str(exc)
+        attempt["connection"] = bpy.context.window_manager.cvgen.connection
+        out["attempts"].append(attempt)
+    return out
 
 
 def scenario_offline(args: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +226,20 @@ def scenario_install(args: dict[str, Any]) -> dict[str, Any]:
     new_blend(args["blend"], (1, 1))
     prefs().address = args["address"]
     bpy.ops.cvgen.connect()
-    return {
+    out = {
         "enabled": ADDON in bpy.context.preferences.addons,
         "protocol": protocol.__name__,
         "protocol_file": protocol.__file__,
         "zmq_file": zmq.__file__,
         "connection": bpy.context.window_manager.cvgen.connection,
     }
+    if "keyed" in args:  # the same, with key files, to a server that requires them
+        keyed = args["keyed"]
+        prefs().address, prefs().server_key, prefs().client_key = keyed["address"], keyed["server_key"], keyed["client_key"]
+        bpy.ops.cvgen.connect()
+        out["keyed_connection"] = bpy.context.window_manager.cvgen.connection
+        out["keyed_message"] = bpy.context.window_manager.cvgen.message
+    return out
 
 
 def scenario_interrupt(args: dict[str, Any]) -> dict[str, Any]:
