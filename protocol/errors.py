@@ -8,6 +8,7 @@ ERROR_CODES = (
     "unknown_op",
     "model_not_found",
     "out_of_memory",
+    "no_space",
     "cancelled",
     "not_found",
     "internal",

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import ProtocolError
 from .images import PIXEL_DTYPES, Image
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 DELIMITER = b"<CVGEN|MSG>"
 
 REQUEST_TYPES = frozenset({"hello", "submit", "cancel", "status", "jobs"})

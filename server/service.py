@@ -34,6 +34,7 @@ from cvgen.protocol.messages import (
 from . import __version__
 from .auth import ServerKeys, check_bind, is_loopback, secure
 from .devices import available_devices
+from .io.exr import NO_ROOM
 from .io.color import colorspace_names
 from .jobs.runner import check_job
 from .jobs.shot import FileShot
@@ -90,7 +91,7 @@ class Server:
         self.stopping = threading.Event()
         self.started = time.time()
         self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping, self.models,
-                               self.paths) for d in self.devices]
+                               self.paths, limits.max_resolution) for d in self.devices]
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
             "hello": self.on_hello,
             "submit": self.on_submit,
@@ -170,6 +171,9 @@ class Server:
         except CvgenError as exc:
             self.send(identity, error_reply(msg, exc.code, str(exc)))
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+                self.send(identity, error_reply(msg, "no_space", f"the server has no room to store the job: {exc}"))
+                return
             log.exception("handler for %s failed", msg.msg_type)
             self.send(identity, error_reply(msg, "internal", f"unexpected {type(exc).__name__}: {exc}"))
 

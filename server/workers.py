@@ -6,7 +6,9 @@ their own inproc PUSH socket, so each ZeroMQ socket is used by exactly one threa
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from cvgen.protocol.images import Image
 from cvgen.protocol.messages import Message, encode
 
 from .errors import Cancelled
-from .io.exr import write_exr
+from .io.exr import NO_ROOM, write_exr
 from .jobs.runner import run_job
 from .jobs.store import JobRecord
 from .paths import PathPolicy
@@ -48,11 +50,12 @@ class ActiveJob:
 class Worker(threading.Thread):
     def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
                  events_endpoint: str, stopping: threading.Event, models: Any = None,
-                 paths: PathPolicy | None = None) -> None:
+                 paths: PathPolicy | None = None, max_resolution: int | None = None) -> None:
         super().__init__(name=f"cvgen-worker-{device}", daemon=True)
         self.device = device
         self.models = models
         self.paths = paths
+        self.max_resolution = max_resolution
         self.jobs = jobs
         self.context = context
         self.events_endpoint = events_endpoint
@@ -82,8 +85,9 @@ class Worker(threading.Thread):
     def _run(self, job: ActiveJob, push: zmq.Socket) -> None:
         record = job.record
         job.state = "running"
-        record.set_state("running", device=self.device)
         try:
+            record.remove_stale_temp_files()
+            record.set_state("running", device=self.device)
             if job.inline:
                 stage_inline_inputs(record, job.inline)
                 job.inline = None
@@ -98,13 +102,14 @@ class Worker(threading.Thread):
 
             run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
                     is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
-                    models=self.models, device=self.device, paths=self.paths)
+                    models=self.models, device=self.device, paths=self.paths,
+                    max_resolution=self.max_resolution)
         except Cancelled:
             if job.cancel.is_set():
                 self._finish(push, job, "cancelled", "cancelled", "the job was cancelled; finished frames are kept")
             else:
                 job.state = "queued"
-                record.set_state("queued")
+                _record_state(job, "queued")
                 self._emit(push, job, "error", {"code": "cancelled",
                            "message": "the server is shutting down; the job resumes when it starts again"})
             return
@@ -119,18 +124,43 @@ class Worker(threading.Thread):
                 self._finish(push, job, "failed", "out_of_memory",
                              f"the device {self.device} ran out of memory; try a smaller frame or fewer frames at once")
                 return
+            if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+                log.error("job %s failed: %s", job.job_id, exc)
+                self._finish(push, job, "failed", "no_space", _no_room_message(exc, record))
+                return
             log.exception("job %s failed", job.job_id)
             self._finish(push, job, "failed", "internal", f"unexpected {type(exc).__name__}: {exc}")
             return
         job.state = "done"
         frames = [{"frame": f, "path": str(record.frame_file(f))} for f in record.spec.frame_numbers]
-        record.set_state("done")
+        _record_state(job, "done")
         self._emit(push, job, "done", {"frames": frames, "output": str(record.output_dir)})
 
     def _finish(self, push: zmq.Socket, job: ActiveJob, state: str, code: str, message: str) -> None:
         job.state = state
-        job.record.set_state(state, code=code, message=message)
+        _record_state(job, state, code=code, message=message)
         self._emit(push, job, "error", {"code": code, "message": message})
+
+
+def _record_state(job: ActiveJob, state: str, **extra: Any) -> None:
+    """Write the job's state file; a disk too full for even that is logged, and the hosts
+    watching still hear how the job ended (the worker must live on to run the next job)."""
+    try:
+        job.record.set_state(state, **extra)
+    except OSError as exc:
+        log.error("job %s: could not record its state %r: %s", job.job_id, state, exc)
+
+
+def _no_room_message(exc: OSError, record: JobRecord) -> str:
+    """A failure for lack of disk space, said plainly: what could not be written, and what is kept."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "the file would be larger than the file system or the server's file size limit allows"}
+    what = exc.strerror or os.strerror(exc.errno)
+    if exc.filename and exc.filename not in what:
+        what = f"{what}: {exc.filename}"
+    done = len(record.done_frames())
+    return (f"{why[exc.errno]} ({what}); {done} of {len(record.spec.frame_numbers)} frames are finished and kept; "
+            "make room, then submit the job again with the same job id to render the rest")
 
 
 def stage_inline_inputs(record: JobRecord, inline: dict[str, dict[int, Image]]) -> None:

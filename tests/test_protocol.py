@@ -68,7 +68,7 @@ def test_replies_carry_the_request_header_as_parent():
 
     answer = decode(encode(reply(request, "hello_reply", {"x": 1})))
     assert answer.parent_id == request.msg_id and answer.final
-    assert answer.header["version"] == "1.0" and answer.header["msg_id"] != request.msg_id
+    assert answer.header["version"] == PROTOCOL_VERSION and answer.header["msg_id"] != request.msg_id
 
 
 @pytest.mark.parametrize("frames, complaint", [

@@ -179,6 +179,15 @@ def test_requests_over_a_limit_get_bad_request_naming_it(small_server, frames, s
         assert client.status()["devices"]
 
 
+def test_input_files_over_the_resolution_limit_fail_the_job_naming_it(small_server, tmp_path):
+    with Client(small_server.endpoint, 30) as client:
+        done = list(client.submit(JobSpec("colormatch", (1, 2), make_shot(tmp_path / "ok", range(1, 3)))))[-1]
+        assert isinstance(done, Done)
+        big = make_shot(tmp_path / "big", range(1, 3), size=(48, 100))
+        with pytest.raises(ServerError, match="plate frame 1 is 100x48, over the server's limit max_resolution = 64"):
+            list(client.submit(JobSpec("colormatch", (1, 2), big)))
+
+
 def test_oversized_content_map_is_refused(small_server):
     frames = encode(Message("status", {"padding": "x" * 30000}))
     answer = raw_request(small_server.endpoint, frames)

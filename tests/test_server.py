@@ -163,9 +163,15 @@ def test_killed_server_resumes_the_job_and_keeps_finished_frames(tmp_path):
             if isinstance(event, FrameReady):
                 break
     first.stop(signal.SIGKILL)
-    out = jobs_dir / "resume-me" / "frames"
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.exr")}
+    job_dir = jobs_dir / "resume-me"
+    out = job_dir / "frames"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("colormatch.*.exr")}
     assert 1 <= len(before) < 30, "the job must be killed mid-way for this test to mean anything"
+    # A kill that lands mid-write leaves atomic_output's hidden temp files: half a frame beside the
+    # finished ones, half a state file. The kill's timing cannot be chosen, so they are made here.
+    half = next(iter(before.values()))[1]
+    (out / f".colormatch.{len(before) + 1:04d}.exr.0badc0de.tmp.exr").write_bytes(half[: len(half) // 2])
+    (job_dir / ".state.json.0badc0de.tmp.json").write_text('{"state": "run')
 
     second = ServerProcess(jobs_dir).start()
     try:
@@ -175,13 +181,13 @@ def test_killed_server_resumes_the_job_and_keeps_finished_frames(tmp_path):
             assert client.status("resume-me")["state"] == "done"
     finally:
         assert second.stop() == 0
-    after = sorted(out.glob("*.exr"))
-    assert len(after) == 30
+    after = sorted(out.iterdir())
+    assert [p.name for p in after] == [f"colormatch.{f:04d}.exr" for f in range(1, 31)]
     for name, (mtime, data) in before.items():
         assert (out / name).stat().st_mtime_ns == mtime and (out / name).read_bytes() == data
     for path in after:
         read_exr(path)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in jobs_dir.rglob("*") if p.name.startswith(".") or ".tmp" in p.name], "partial files left"
 
 
 def test_sigterm_shuts_down_cleanly(server):

@@ -12,6 +12,7 @@ never leaves half a frame where a host or a restarted job would take it for a fi
 
 from __future__ import annotations
 
+import errno
 import json
 import numbers
 import os
@@ -39,6 +40,9 @@ WRITE_COMPRESSIONS = ("zip", "zips", "piz", "dwaa")
 #: corrupted header would make us allocate tens of gigabytes before noticing.
 MAX_SIDE = 65536
 MAX_SAMPLES = 2**31
+
+#: Why a write fails when the disk, the user's quota or a file size limit leaves no room.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 _MAGIC = b"\x76\x2f\x31\x01"
 _EXR_SUFFIXES = (".exr", ".sxr", ".mxr")
@@ -111,8 +115,25 @@ def write_exr(
         error = out.geterror() if (not ok or out.has_error) else ""
         closed = out.close()
         if not (ok and closed) or error:
+            cause = _write_errno(tmp)
+            if cause is not None:
+                raise OSError(cause, f"cannot write {os.fspath(path)}: {os.strerror(cause)}")
             detail = _clean(error or _oiio_error() or "unknown error", tmp, os.fspath(path))
             raise OSError(f"cannot write {os.fspath(path)}: {detail}")
+
+
+def _write_errno(tmp: str) -> int | None:
+    """OpenImageIO reports a failed write without its OS error; when it was a lack of room,
+    adding 1 MiB to the (doomed) temp file fails the same way, and says which."""
+    try:
+        with open(tmp, "ab") as f:
+            for _ in range(16):
+                f.write(bytes(65536))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc.errno if exc.errno in NO_ROOM else None
+    return None
 
 
 def _check_signature(path: str) -> None:

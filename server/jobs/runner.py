@@ -86,6 +86,7 @@ def run_job(
     device: str | None = None,
     warmup: int | None = None,
     paths: PathPolicy | None = None,
+    max_resolution: int | None = None,
 ) -> list[int]:
     """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
 
@@ -94,7 +95,8 @@ def run_job(
     the default models file when an op needs a model and none is given). `warmup` frames before
     the first one to render are rendered and discarded by ops that carry state from frame to
     frame (default: the op's own number), so a chunk starts the way a full run reaches it.
-    `paths` (the server's) is checked again for every input frame as it is read.
+    `paths` (the server's) is checked again for every input frame as it is read, and frames over
+    `max_resolution` pixels a side are refused.
     """
     cache = None
     if get_op(spec.op).uses_model:
@@ -117,7 +119,7 @@ def run_job(
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
         raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
-    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None)
+    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None, max_resolution)
     shot.check_complete()
     output_dir.mkdir(parents=True, exist_ok=True)
     todo = [f for f in wanted if not (output_dir / output_name(spec, f)).exists()]

@@ -17,10 +17,12 @@ class FileShot:
     """Frames are read when an op asks for them, so a long shot never sits in memory at once."""
 
     def __init__(self, inputs: dict[str, str], frames: range, base: Path | None = None,
-                 check_file: Optional[Callable[[str, str], None]] = None) -> None:
-        """`check_file(role, path)` refuses a frame file before it is read (the server's path rules)."""
+                 check_file: Optional[Callable[[str, str], None]] = None, max_side: Optional[int] = None) -> None:
+        """`check_file(role, path)` refuses a frame file before it is read (the server's path rules);
+        a frame larger than `max_side` pixels a side is refused once read (the server's limit)."""
         self.frames = frames
         self._check_file = check_file
+        self._max_side = max_side
         self._inputs = {role: _resolve(path, base) for role, path in inputs.items()}
 
     def has(self, role: str) -> bool:
@@ -37,7 +39,11 @@ class FileShot:
             raise InputError(f"{role} frame {frame} is missing: {path} does not exist")
         if self._check_file is not None:
             self._check_file(role, path)
-        return read_exr(path)
+        image = read_exr(path)
+        if self._max_side is not None and max(image.width, image.height) > self._max_side:
+            raise InputError(f"{role} frame {frame} is {image.width}x{image.height}, over the server's limit "
+                             f"max_resolution = {self._max_side} pixels a side")
+        return image
 
     def check_complete(self) -> None:
         """Fail before any work when a frame of the range is missing, naming the first few."""

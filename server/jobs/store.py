@@ -6,6 +6,7 @@ atomically), so a restarted job only needs to look at which frames exist to know
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -65,11 +66,32 @@ class JobRecord:
 
     def set_state(self, state: str, **extra: Any) -> None:
         now = time.time()
-        created = self.state().get("created", now) if (self.folder / "state.json").exists() else now
-        write_json_atomic(self.folder / "state.json", {"state": state, "time": now, "created": created, **extra})
+        path = self.folder / "state.json"
+        created = self.state().get("created", now) if path.exists() else now
+        data = {"state": state, "time": now, "created": created, **extra}
+        try:
+            write_json_atomic(path, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+                raise
+            # A disk too full for a temp file beside it: overwrite the state in place, in the room
+            # its old content frees, so the job does not read as running forever.
+            with open(path, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
 
     def save_spec(self) -> None:
         write_json_atomic(self.folder / "spec.json", self.spec.to_dict())
+
+    def remove_stale_temp_files(self) -> None:
+        """Remove what a server killed mid-write left: the hidden temp files of `atomic_output`
+        for this job's state, staged inputs and frames (never a finished file). Called as the job
+        starts, when nothing else writes them."""
+        own = {"state.json", "spec.json", *(output_name(self.spec, f) for f in self.spec.frame_numbers)}
+        for folder in (self.folder, self.inputs_dir, self.output_dir):
+            for path in folder.glob(".*.tmp.*") if folder.is_dir() else ():
+                dest = path.name[1:].rpartition(".tmp.")[0].rpartition(".")[0]  # .NAME.<hex>.tmp.EXT
+                if dest in own or folder == self.inputs_dir:
+                    path.unlink(missing_ok=True)
 
 
 class JobStore:
