@@ -53,6 +53,13 @@ class Image:
             raise ProtocolError(f"duplicate channel names: {list(self.channels)}")
         if self.display is None:
             self.display = (self.origin[0], self.origin[1], self.width, self.height)
+        if len(self.origin) != 2 or len(self.display) != 4:
+            raise ProtocolError(f"an image needs an origin (x, y) and a display window (x, y, width, height), "
+                                f"not {self.origin} and {self.display}")
+        if not all(-2**31 <= v < 2**31 for v in (*self.origin, *self.display)):
+            raise ProtocolError(f"image windows {self.origin} {self.display} lie outside 32-bit pixel coordinates")
+        if not all(isinstance(k, str) for k in self.attributes):
+            raise ProtocolError("image attribute names must be strings")
         if not (self.pixel_aspect > 0 and np.isfinite(self.pixel_aspect)):
             raise ProtocolError(f"pixel aspect must be a positive number but is {self.pixel_aspect}")
 
@@ -126,5 +133,5 @@ class Image:
                 float(desc.get("pixel_aspect", 1.0)),
                 dict(desc.get("attributes") or {}),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise ProtocolError(f"bad image description {desc!r}: {exc}") from None

@@ -27,7 +27,10 @@ _PRINTF = re.compile(r"%0?(\d*)d")
 
 def frame_path(template: str, frame: int) -> str:
     """Expand a frame-sequence path: `plate.####.exr` and `plate.%04d.exr` both give `plate.1001.exr`."""
-    if _PRINTF.search(template):
+    match = _PRINTF.search(template)
+    if match:
+        if int(match.group(1) or 1) > 32:
+            raise ProtocolError(f"path {template!r} asks for a frame number over 32 digits wide")
         return _PRINTF.sub(lambda m: f"{frame:0{int(m.group(1) or 1)}d}", template, count=1)
     if _HASHES.search(template):
         return _HASHES.sub(lambda m: f"{frame:0{len(m.group(0))}d}", template, count=1)
@@ -81,7 +84,7 @@ class JobSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in self.inputs.items()
         ):
             raise ProtocolError("inputs must map role names to frame-sequence paths")
-        if not isinstance(self.params, dict):
+        if not isinstance(self.params, dict) or not all(isinstance(k, str) for k in self.params):
             raise ProtocolError("params must be a mapping of parameter names to values")
         if not isinstance(self.colorspace, str) or not self.colorspace:
             raise ProtocolError(f"colorspace must be a colour space name, got {self.colorspace!r}")
@@ -89,6 +92,8 @@ class JobSpec:
             raise ProtocolError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
         if not isinstance(self.name, str) or re.search(r"[\\/\x00]", self.name):
             raise ProtocolError(f"shot name {self.name!r} must be plain text without slashes")
+        if self.output is not None and not isinstance(self.output, str):
+            raise ProtocolError(f"output must be a folder path, got {self.output!r}")
         if self.job_id is not None:
             check_job_id(self.job_id)
 

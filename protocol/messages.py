@@ -79,7 +79,7 @@ def encode(msg: Message) -> list[Any]:
         if str(array.dtype) not in PIXEL_DTYPES:
             raise ProtocolError(f"pixel buffers must be one of {', '.join(PIXEL_DTYPES)}, not {array.dtype}")
         descs.append({"dtype": str(array.dtype), "shape": list(array.shape)})
-        views.append(memoryview(array).cast("B"))
+        views.append(memoryview(array).cast("B") if array.size else b"")
     header["buffers"] = descs
     msg.header = header
     return [
@@ -141,7 +141,7 @@ def _wrap_buffer(frame: Any, desc: Any, index: int) -> np.ndarray:
     try:
         dtype = str(desc["dtype"])
         shape = tuple(int(s) for s in desc["shape"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise ProtocolError(f"buffer {index} has a bad description {desc!r}") from None
     if dtype not in PIXEL_DTYPES:
         raise ProtocolError(f"buffer {index} has pixel type {dtype!r}; allowed: {', '.join(PIXEL_DTYPES)}")
@@ -151,7 +151,11 @@ def _wrap_buffer(frame: Any, desc: Any, index: int) -> np.ndarray:
     expected = math.prod(shape) * np.dtype(dtype).itemsize
     if data.nbytes != expected:
         raise ProtocolError(f"buffer {index} holds {data.nbytes} bytes but its shape {list(shape)} {dtype} needs {expected}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as exc:
+        raise ProtocolError(f"buffer {index} cannot take the shape {list(shape)}: {exc}") from None
+    return array if array.flags.aligned else array.copy()
 
 
 def image_to_wire(image: Image, buffers: list[np.ndarray]) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class PathPolicy:
 
     @staticmethod
     def _absolute(path: str, what: str) -> Path:
+        if "\x00" in path:
+            raise ProtocolError(f"{what} path {path!r} contains a NUL character")
         if not os.path.isabs(path):
             raise ProtocolError(f"{what} path {path!r} must be absolute: the server does not share the host's "
                                 "working folder")

@@ -163,6 +163,10 @@ class Server:
         except ProtocolError as exc:
             self.send(identity, Message("error", {"code": exc.code, "message": str(exc)}))
             return
+        except Exception as exc:
+            log.exception("could not decode a request")
+            self.send(identity, Message("error", {"code": "bad_request", "message": f"undecodable message: {exc}"}))
+            return
         handler = self.handlers.get(msg.msg_type)
         try:
             if handler is None:
@@ -279,6 +283,8 @@ class Server:
                 if not isinstance(entry, dict) or not isinstance(entry.get("frame"), int):
                     raise ProtocolError(f"inline {role} entries need an integer frame and an image")
                 image = image_from_wire(entry.get("image"), msg.buffers)
+                if min(image.width, image.height) < 1:
+                    raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}: no pixels")
                 if max(image.width, image.height) > self.limits.max_resolution:
                     raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}, over "
                                         f"the server's limit max_resolution = {self.limits.max_resolution} pixels a side")
