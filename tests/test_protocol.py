@@ -11,7 +11,8 @@ import zmq
 
 from cvgen.protocol import Image, JobSpec, ProtocolError, ServerUnavailable, frame_path
 from cvgen.protocol.client import Client
-from cvgen.protocol.messages import DELIMITER, Message, decode, encode, image_from_wire, image_to_wire
+from cvgen.protocol.messages import (DELIMITER, PROTOCOL_VERSION, Message, decode, encode, image_from_wire,
+                                     image_to_wire)
 
 
 @pytest.fixture
