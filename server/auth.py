@@ -79,11 +79,18 @@ def secure(socket: zmq.Socket, keys: ServerKeys) -> ThreadAuthenticator:
     authenticator thread, which the caller stops after closing the socket."""
     auth = ThreadAuthenticator(socket.context)
     auth.start()
-    auth.configure_curve(domain="*", location=str(keys.authorized))
+    allow_listed(auth, keys)
     socket.curve_server = True
     socket.curve_secretkey = keys.secret
     socket.curve_publickey = keys.public
     return auth
+
+
+def allow_listed(auth: ThreadAuthenticator, keys: ServerKeys) -> int:
+    """(Re)read the allow-list folder; connections made from now on are checked against it.
+    Returns how many client keys it holds."""
+    auth.configure_curve(domain="*", location=str(keys.authorized))
+    return len(list(keys.authorized.glob("*.key")))
 
 
 def generate_keys(folder: str | os.PathLike[str], clients: list[str]) -> list[Path]:

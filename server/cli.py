@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: server.reload_keys.set())
     print(f"cvgen server listening on {server.endpoint} (jobs in {server.store.root}, "
           f"devices {', '.join(server.devices)})", flush=True)
     server.serve(stop)

@@ -32,7 +32,7 @@ from cvgen.protocol.messages import (
 )
 
 from . import __version__
-from .auth import ServerKeys, check_bind, is_loopback, secure
+from .auth import ServerKeys, allow_listed, check_bind, is_loopback, secure
 from .devices import available_devices
 from .io.exr import NO_ROOM
 from .io.color import colorspace_names
@@ -79,7 +79,10 @@ class Server:
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 500)
         self.router.setsockopt(zmq.MAXMSGSIZE, max(limits.max_buffer_bytes, limits.max_map_bytes))
+        self.keys = keys
         self.authenticator = secure(self.router, keys) if keys is not None else None
+        #: Set (by SIGHUP in `cvgen serve`) to re-read the allow-list without stopping running jobs.
+        self.reload_keys = threading.Event()
         self.router.bind(bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._events_endpoint = f"inproc://cvgen-events-{id(self)}"
@@ -112,6 +115,9 @@ class Server:
         poller.register(self.events, zmq.POLLIN)
         try:
             while not stop.is_set():
+                if self.reload_keys.is_set():
+                    self.reload_keys.clear()
+                    self._reload_keys()
                 for sock, _ in poller.poll(100):
                     if sock is self.router:
                         self._on_request(self.router.recv_multipart(copy=False))
@@ -134,6 +140,13 @@ class Server:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.context.term()
+
+    def _reload_keys(self) -> None:
+        if self.authenticator is None or self.keys is None:
+            log.warning("no keys to reload: this server was started without --keys")
+            return
+        count = allow_listed(self.authenticator, self.keys)
+        log.info("re-read %s: %d client key(s) admitted from now on", self.keys.authorized, count)
 
     def _resume_unfinished(self) -> None:
         for record in self.store.all():

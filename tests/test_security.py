@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,30 @@ def test_unknown_client_is_refused_with_a_reason(lan_server, keys, tmp_path):
                 client_key=tmp_path / "other" / "clients" / "mallory.key_secret") as client:
         with pytest.raises(AuthenticationFailed, match="refused this workstation's key.*authorized/"):
             client.hello()
+
+
+def test_sighup_rereads_the_allow_list_without_stopping_the_server(tmp_path):
+    keys = tmp_path / "keys"
+    generate_keys(keys, ["alice", "bob"])
+    (keys / "authorized" / "bob.key").unlink()
+    server = ServerProcess(tmp_path / "jobs", "--keys", str(keys), bind="tcp://0.0.0.0:*").start()
+    server_key = keys / "server.key"
+    try:
+        with Client(server.endpoint, 2, server_key=server_key, client_key=keys / "clients" / "bob.key_secret") as bob:
+            with pytest.raises(AuthenticationFailed):
+                bob.hello()
+        (keys / "clients" / "bob.key").rename(keys / "authorized" / "bob.key")
+        (keys / "authorized" / "alice.key").unlink()
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        with Client(server.endpoint, 5, server_key=server_key, client_key=keys / "clients" / "bob.key_secret") as bob:
+            assert bob.hello()["limits"]
+        with Client(server.endpoint, 2, server_key=server_key,
+                    client_key=keys / "clients" / "alice.key_secret") as alice:
+            with pytest.raises(AuthenticationFailed, match="refused this workstation's key"):
+                alice.hello()
+    finally:
+        assert server.stop() == 0
 
 
 @pytest.mark.parametrize("which", ["no keys", "another server's key"])
