@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,11 +24,13 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.endpoint = ""
 
-    def start(self) -> "ServerProcess":
+    def start(self, wrapper: Sequence[str] = (), preexec_fn: Callable[[], None] | None = None) -> "ServerProcess":
+        """Start and wait for the "listening on" line; `wrapper` is a command the server runs
+        under (it gets the serve command as its arguments), `preexec_fn` runs in the child first."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", self.bind,
+            [*wrapper, sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", self.bind,
              "--jobs-dir", str(self.jobs_dir), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

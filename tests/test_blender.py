@@ -84,26 +84,6 @@ def shot_args(tmp_path: Path, server: ServerProcess) -> dict[str, Any]:
     return make_shot_args(tmp_path, server.endpoint)
 
 
-class KeyedServer(ServerProcess):
-    """`cvgen serve --keys KEYS` on a free loopback port: only the clients in KEYS/authorized/ get in."""
-
-    def __init__(self, jobs_dir: Path, keys: Path) -> None:
-        super().__init__(jobs_dir)
-        self.keys = keys
-
-    def start(self) -> "KeyedServer":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
-             "--jobs-dir", str(self.jobs_dir), "--keys", str(self.keys)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read()}"
-        self.endpoint = line.split("listening on ", 1)[1].split()[0]
-        return self
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two key folders as `cvgen keys generate` writes them: the studio's server with its artist,
@@ -117,8 +97,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def keyed_server(tmp_path: Path, keys: Path) -> Iterator[KeyedServer]:
-    srv = KeyedServer(tmp_path / "jobs", keys / "studio").start()
+def keyed_server(tmp_path: Path, keys: Path) -> Iterator[ServerProcess]:
+    """`cvgen serve --keys` on a free loopback port: only the clients in studio/authorized/ get in."""
+    srv = ServerProcess(tmp_path / "jobs", "--keys", str(keys / "studio")).start()
     yield srv
     if srv.proc and srv.proc.poll() is None:
         srv.stop(signal.SIGKILL)
@@ -219,7 +200,7 @@ def test_a_network_server_is_refused_while_online_access_is_off(
 
 
 def test_render_against_a_key_protected_server_with_the_workstations_keys(
-    blender_python: Path, tmp_path: Path, keyed_server: KeyedServer, keys: Path
+    blender_python: Path, tmp_path: Path, keyed_server: ServerProcess, keys: Path
 ) -> None:
     result = run_scenario(tmp_path, "render", {**make_shot_args(tmp_path, keyed_server.endpoint), **artist_keys(keys)})
 
@@ -233,7 +214,7 @@ def test_render_against_a_key_protected_server_with_the_workstations_keys(
 
 
 def test_a_key_the_server_does_not_know_is_refused_with_what_to_do_not_a_hang(
-    blender_python: Path, tmp_path: Path, keyed_server: KeyedServer, keys: Path
+    blender_python: Path, tmp_path: Path, keyed_server: ServerProcess, keys: Path
 ) -> None:
     stranger = str(keys / "elsewhere" / "clients" / "stranger.key_secret")
     server_key = str(keys / "studio" / "server.key")
@@ -381,7 +362,7 @@ def test_the_built_zip_installs_and_talks_to_the_server(
 ) -> None:
     """Plainly to a local server, and with key files to one that requires them: the bundled pyzmq
     wheel has CurveZMQ, zmq.auth and the socket monitor, and the vendored protocol its key module."""
-    keyed = KeyedServer(tmp_path / "keyed-jobs", keys / "studio").start()
+    keyed = ServerProcess(tmp_path / "keyed-jobs", "--keys", str(keys / "studio")).start()
     try:
         result = run_scenario(tmp_path, "install", {
             "zip": str(extension_zip), "blend": str(tmp_path / "i.blend"), "address": server.endpoint,

@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -241,24 +241,14 @@ class SmallDiskServer(ServerProcess):
         self.room = room
         self.ballast: list[Path] = []
 
-    def start(self) -> "SmallDiskServer":
-        serve = [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
-                 "--jobs-dir", str(self.jobs_dir)]
+    def start(self, wrapper: Sequence[str] = (), preexec_fn: Callable[[], None] | None = None) -> "SmallDiskServer":
         self.jobs_dir.mkdir(parents=True)
         if self.how.startswith("tmpfs"):
             options = "size=16m,nr_inodes=4096"
-            command = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"',
-                       str(self.jobs_dir), *serve]
-            preexec = None
+            super().start(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"',
+                           str(self.jobs_dir)])
         else:
-            command = serve
-            preexec = self._limit_file_size
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=preexec)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
-        self.endpoint = line.split("listening on ", 1)[1].split()[0]
+            super().start(preexec_fn=self._limit_file_size)
         if self.how == "tmpfs":
             disk = os.statvfs(self.view(self.jobs_dir))
             self.add_ballast("ballast", disk.f_bavail * disk.f_frsize - self.room)

@@ -13,7 +13,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -236,15 +235,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def keyed_server(tmp_path: Path, keys: Path) -> Iterator[ServerProcess]:
     """`cvgen serve --keys` on a free loopback port."""
-    srv = ServerProcess(tmp_path / "jobs")
-    srv.proc = subprocess.Popen(
-        [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*",
-         "--jobs-dir", str(srv.jobs_dir), "--keys", str(keys / "studio")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert srv.proc.stdout is not None and srv.proc.stderr is not None
-    line = srv.proc.stdout.readline()
-    assert "listening on" in line, f"server did not start: {line!r} {srv.proc.stderr.read()}"
-    srv.endpoint = line.split("listening on ", 1)[1].split()[0]
+    srv = ServerProcess(tmp_path / "jobs", "--keys", str(keys / "studio")).start()
     yield srv
     if srv.proc.poll() is None:
         srv.stop(signal.SIGKILL)
