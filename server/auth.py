@@ -11,7 +11,6 @@ Key folder layout, as `cvgen keys generate` writes it:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from cvgen.protocol.addresses import is_loopback
 from cvgen.protocol.errors import CvgenError, KeyFileError
 from cvgen.protocol.keys import read_key_file
 
@@ -50,19 +50,6 @@ class ServerKeys:
             raise KeyFileError(f"{authorized} holds no client public keys (*.key), so no one could connect; "
                                f"`cvgen keys generate {root} --client NAME` adds one")
         return cls(public, secret, authorized)
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether only this machine can reach `endpoint` (tcp on a loopback address, ipc, inproc)."""
-    if endpoint.startswith(("inproc://", "ipc://")):
-        return True
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(endpoint: str, keys: ServerKeys | None) -> None:

@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .auth import ServerKeys, is_loopback
+    from cvgen.protocol.addresses import is_loopback
+
+    from .auth import ServerKeys
     from .paths import PathPolicy
     from .service import Server
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import zmq
 
+from cvgen.protocol.addresses import is_loopback
 from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import JobSpec
@@ -32,7 +33,7 @@ from cvgen.protocol.messages import (
 )
 
 from . import __version__
-from .auth import ServerKeys, allow_listed, check_bind, is_loopback, secure
+from .auth import ServerKeys, allow_listed, check_bind, secure
 from .devices import available_devices
 from .io.exr import NO_ROOM
 from .io.color import colorspace_names

@@ -171,15 +171,6 @@ def test_submission_checks_the_servers_frame_limit(tmp_path):
 
 # -- paths or pixels ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("address, local", [
-    ("tcp://127.0.0.1:5555", True), ("tcp://localhost:6000", True), ("tcp://[::1]:5555", True),
-    ("tcp://127.0.0.2:5555", True), ("ipc:///tmp/cvgen", True), ("tcp://10.0.0.5:5555", False),
-    ("tcp://gpu-box:5555", False),
-])
-def test_local_addresses(address, local):
-    assert transfer.is_local(address) is local
-
-
 def test_auto_picks_paths_when_the_servers_jobs_folder_is_visible_here(tmp_path):
     remote = "tcp://gpu-box:5555"
     assert transfer.choose("auto", remote, str(tmp_path)) == "paths"

@@ -19,7 +19,8 @@ from cvgen.protocol.client import Client, Done
 from cvgen.protocol.errors import AuthenticationFailed, KeyFileError
 from cvgen.protocol.images import Image
 from cvgen.protocol.messages import Message, encode
-from cvgen.server.auth import generate_keys, is_loopback
+from cvgen.protocol.addresses import is_loopback
+from cvgen.server.auth import generate_keys
 
 from support import ServerProcess, make_shot
 
@@ -75,6 +76,7 @@ def test_keys_folder_without_any_client_refuses_to_start(tmp_path):
     ("tcp://127.0.0.1:5555", True), ("tcp://127.1.2.3:5555", True), ("tcp://localhost:5555", True),
     ("tcp://[::1]:5555", True), ("ipc:///tmp/cvgen", True), ("tcp://0.0.0.0:5555", False),
     ("tcp://*:5555", False), ("tcp://10.0.0.7:5555", False), ("tcp://eth0:5555", False),
+    ("tcp://gpu-box:5555", False), ("inproc://cvgen", True),
 ])
 def test_only_loopback_counts_as_loopback(endpoint, loopback):
     assert is_loopback(endpoint) is loopback

@@ -8,14 +8,11 @@ the server's public key file and this workstation's secret key file, both or nei
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from . import SetupError
-from .protocol import client
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+from .protocol import addresses, client
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,9 @@ def host_of(address: str) -> str:
 
 
 def is_local(address: str) -> bool:
-    host = host_of(address)
-    if host in ("",) + LOCAL_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether `address` stays on this machine; an address that is not a ZeroMQ endpoint is refused."""
+    host_of(address)
+    return addresses.is_loopback(address)
 
 
 def check_allowed(address: str, online_access: bool) -> None:

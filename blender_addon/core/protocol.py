@@ -53,6 +53,7 @@ def _load_repository_copy() -> ModuleType:
 
 
 protocol = _load()
+addresses = importlib.import_module(f"{protocol.__name__}.addresses")
 client = importlib.import_module(f"{protocol.__name__}.client")
 errors = importlib.import_module(f"{protocol.__name__}.errors")
 schema = importlib.import_module(f"{protocol.__name__}.schema")

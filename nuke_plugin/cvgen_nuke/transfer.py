@@ -9,11 +9,11 @@ same absolute path.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Callable, Mapping
 
 from cvgen.protocol import Image, frame_path
+from cvgen.protocol.addresses import is_loopback
 
 from . import exr
 from .errors import SetupError
@@ -25,22 +25,8 @@ def choose(setting: str, address: str, jobs_dir: str, is_dir: Callable[[str], bo
         return setting
     if setting != "auto":
         raise SetupError(f"send frames as {setting!r} is not one of auto, paths, inline")
-    shared = is_local(address) or (os.path.isabs(jobs_dir) and is_dir(jobs_dir))
+    shared = is_loopback(address) or (os.path.isabs(jobs_dir) and is_dir(jobs_dir))
     return "paths" if shared else "inline"
-
-
-def is_local(address: str) -> bool:
-    """Whether a ZeroMQ address is on this machine (ipc, inproc or a loopback tcp host)."""
-    scheme, _, rest = address.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_inline(sequences: Mapping[str, str], frames: range) -> dict[str, dict[int, Image]]:
