@@ -215,12 +215,8 @@ def _run_queued_jobs() -> None:
             job = SERVER.queue.get_nowait()
         except queue.Empty:
             return
-        if job is None:
+        if job is None or not job.claim():
             continue
-        with job.lock:
-            if job.cancel.is_set():
-                continue
-            job.started = True
         worker._run(job, PUSH)
         finished = False
         while not finished:

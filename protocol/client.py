@@ -82,7 +82,7 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.session = uuid.uuid4().hex
-        #: The server's limits once `hello` has been called; `submit` checks inline frames against them.
+        #: The server's limits once `hello` has been called; every request is checked against them.
         self.limits: Limits | None = None
         keys = load_client_keys(server_key, client_key)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
@@ -137,8 +137,6 @@ class Client:
             for role, frames in (inline or {}).items()
         }
         content = {"job": job.to_dict(), "inline": wire_inline, "deliver": deliver}
-        if self.limits is not None:
-            self.limits.check_message([0, 0, 0, 0, *(b.nbytes for b in buffers)])
         msg_id = self._send("submit", content, buffers, job.job_id)
         return JobStream(self, msg_id)
 
@@ -149,6 +147,8 @@ class Client:
         header = make_header(msg_type, job_id, self.session)
         msg = Message(msg_type, content, job_id, buffers=buffers or [], header=header)
         frames = encode(msg)
+        if self.limits is not None:
+            self.limits.check_message([memoryview(f).nbytes for f in frames])
         self._pending[msg.msg_id] = collections.deque()
         try:
             self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)

@@ -46,6 +46,15 @@ class ActiveJob:
     def job_id(self) -> str:
         return self.record.job_id
 
+    def claim(self) -> bool:
+        """Mark the job started, unless it was cancelled while queued; under the lock the cancel
+        handler takes, so a job is either cancelled before it starts or runs."""
+        with self.lock:
+            if self.cancel.is_set():
+                return False
+            self.started = True
+            return True
+
 
 class Worker(threading.Thread):
     def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
@@ -70,11 +79,8 @@ class Worker(threading.Thread):
                 job = self.jobs.get()
                 if job is None:
                     break
-                with job.lock:
-                    if job.cancel.is_set():
-                        continue
-                    job.started = True
-                self._run(job, push)
+                if job.claim():
+                    self._run(job, push)
         finally:
             push.close()
 
