@@ -43,6 +43,12 @@ class Limits:
             return cls()
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
+    def check_resolution(self, what: str, width: int, height: int) -> None:
+        """Refuse a frame (`what`, e.g. "plate frame 1001") larger than `max_resolution` a side."""
+        if max(width, height) > self.max_resolution:
+            raise ProtocolError(f"{what} is {width}x{height}, over the server's limit max_resolution = "
+                                f"{self.max_resolution} pixels a side")
+
     def check_message(self, sizes: Sequence[int]) -> None:
         """Refuse a message from the byte sizes of its frames (envelope first, then pixel buffers)."""
         buffers = max(len(sizes) - ENVELOPE_FRAMES, 0)

@@ -33,6 +33,10 @@ class PathPolicy:
               outputs: Optional[Iterable[str | os.PathLike[str]]]) -> "PathPolicy":
         return cls(None if inputs is None else _resolved(inputs), None if outputs is None else _resolved(outputs))
 
+    @property
+    def _readable(self) -> tuple[Path, ...]:
+        return (self.input_roots or ()) + self.staging
+
     def with_input_root(self, root: Path) -> "PathPolicy":
         """Also allow reading under `root` (the jobs folder, where inline inputs are staged)."""
         return PathPolicy(self.input_roots, self.output_roots, self.staging + _resolved([root]))
@@ -40,13 +44,13 @@ class PathPolicy:
     def check_input(self, role: str, template: str) -> None:
         """A frame-sequence path from a request: absolute, its folder under an input root."""
         folder = self._absolute(template, f"input {role}")
-        if self.input_roots is not None and not _under(folder, self.input_roots + self.staging):
+        if self.input_roots is not None and not _under(folder, self._readable):
             raise ProtocolError(f"input {role} {template} is outside the folders this server reads "
                                 f"({_names(self.input_roots)})")
 
     def check_input_file(self, role: str, path: str) -> None:
         """One frame file, just before it is read: a symlink must not point outside the roots."""
-        if self.input_roots is not None and not _under(Path(os.path.realpath(path)), self.input_roots + self.staging):
+        if self.input_roots is not None and not _under(Path(os.path.realpath(path)), self._readable):
             raise ProtocolError(f"{role} frame {path} leads outside the folders this server reads "
                                 f"({_names(self.input_roots)})")
 

@@ -95,7 +95,7 @@ class Server:
         self.stopping = threading.Event()
         self.started = time.time()
         self.workers = [Worker(d, self.queue, self.context, self._events_endpoint, self.stopping, self.models,
-                               self.paths, limits.max_resolution) for d in self.devices]
+                               self.paths, limits) for d in self.devices]
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
             "hello": self.on_hello,
             "submit": self.on_submit,
@@ -299,9 +299,7 @@ class Server:
                 image = image_from_wire(entry.get("image"), msg.buffers)
                 if min(image.width, image.height) < 1:
                     raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}: no pixels")
-                if max(image.width, image.height) > self.limits.max_resolution:
-                    raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}, over "
-                                        f"the server's limit max_resolution = {self.limits.max_resolution} pixels a side")
+                self.limits.check_resolution(f"{role} frame {entry['frame']}", image.width, image.height)
                 frames[entry["frame"]] = image
             missing = [f for f in spec.frame_numbers if f not in frames]
             extra = sorted(set(frames) - set(spec.frame_numbers))

@@ -19,6 +19,7 @@ import zmq
 
 from cvgen.protocol.errors import CvgenError
 from cvgen.protocol.images import Image
+from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import Message, encode
 
 from .errors import Cancelled
@@ -59,12 +60,12 @@ class ActiveJob:
 class Worker(threading.Thread):
     def __init__(self, device: str, jobs: "queue.Queue[ActiveJob | None]", context: zmq.Context,
                  events_endpoint: str, stopping: threading.Event, models: Any = None,
-                 paths: PathPolicy | None = None, max_resolution: int | None = None) -> None:
+                 paths: PathPolicy | None = None, limits: Limits | None = None) -> None:
         super().__init__(name=f"cvgen-worker-{device}", daemon=True)
         self.device = device
         self.models = models
         self.paths = paths
-        self.max_resolution = max_resolution
+        self.limits = limits
         self.jobs = jobs
         self.context = context
         self.events_endpoint = events_endpoint
@@ -109,7 +110,7 @@ class Worker(threading.Thread):
             run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
                     is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
                     models=self.models, device=self.device, paths=self.paths,
-                    max_resolution=self.max_resolution)
+                    limits=self.limits)
         except Cancelled:
             if job.cancel.is_set():
                 self._finish(push, job, "cancelled", "cancelled", "the job was cancelled; finished frames are kept")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import JobSpec
+from cvgen.protocol.limits import Limits
 
 from .. import __version__
 from ..errors import InputError
@@ -86,7 +87,7 @@ def run_job(
     device: str | None = None,
     warmup: int | None = None,
     paths: PathPolicy | None = None,
-    max_resolution: int | None = None,
+    limits: Limits | None = None,
 ) -> list[int]:
     """Render the frames of `spec` not yet in `output_dir`; returns the frames written now.
 
@@ -96,7 +97,7 @@ def run_job(
     the first one to render are rendered and discarded by ops that carry state from frame to
     frame (default: the op's own number), so a chunk starts the way a full run reaches it.
     `paths` (the server's) is checked again for every input frame as it is read, and frames over
-    `max_resolution` pixels a side are refused.
+    the server's `limits` on resolution are refused.
     """
     cache = None
     if get_op(spec.op).uses_model:
@@ -119,7 +120,7 @@ def run_job(
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
         raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
-    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None, max_resolution)
+    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None, limits)
     shot.check_complete()
     output_dir.mkdir(parents=True, exist_ok=True)
     todo = [f for f in wanted if not (output_dir / output_name(spec, f)).exists()]

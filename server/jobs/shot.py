@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import frame_path
+from cvgen.protocol.limits import Limits
 
 from ..errors import InputError
 from ..io.exr import read_exr
@@ -17,12 +18,12 @@ class FileShot:
     """Frames are read when an op asks for them, so a long shot never sits in memory at once."""
 
     def __init__(self, inputs: dict[str, str], frames: range, base: Path | None = None,
-                 check_file: Optional[Callable[[str, str], None]] = None, max_side: Optional[int] = None) -> None:
+                 check_file: Optional[Callable[[str, str], None]] = None, limits: Optional[Limits] = None) -> None:
         """`check_file(role, path)` refuses a frame file before it is read (the server's path rules);
-        a frame larger than `max_side` pixels a side is refused once read (the server's limit)."""
+        a frame over the server's `limits` on resolution is refused once read."""
         self.frames = frames
         self._check_file = check_file
-        self._max_side = max_side
+        self._limits = limits
         self._inputs = {role: _resolve(path, base) for role, path in inputs.items()}
 
     def has(self, role: str) -> bool:
@@ -40,9 +41,8 @@ class FileShot:
         if self._check_file is not None:
             self._check_file(role, path)
         image = read_exr(path)
-        if self._max_side is not None and max(image.width, image.height) > self._max_side:
-            raise InputError(f"{role} frame {frame} is {image.width}x{image.height}, over the server's limit "
-                             f"max_resolution = {self._max_side} pixels a side")
+        if self._limits is not None:
+            self._limits.check_resolution(f"{role} frame {frame}", image.width, image.height)
         return image
 
     def check_complete(self) -> None:
