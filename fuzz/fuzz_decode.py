@@ -3,9 +3,10 @@
     python fuzz/fuzz_decode.py -atheris_runs=1000000
     python fuzz/fuzz_decode.py -max_total_time=300 corpus/decode
 
-`decode(frames)` must return a Message or raise ProtocolError; `Limits.check_message(sizes)` must
-return or raise ProtocolError. Anything else (another exception, a buffer that is not a view of
-its frame) is a crash: atheris stops and writes the input to crash-<hash>.
+`decode(frames)` must return a Message or raise ProtocolError, with and without the server's
+limits; within them, nothing deeper than `max_map_depth` comes back. `Limits.check_message(sizes)`
+must return or raise ProtocolError. Anything else (another exception, a buffer that is not a view
+of its frame) is a crash: atheris stops and writes the input to crash-<hash>.
 """
 
 from __future__ import annotations
@@ -131,10 +132,25 @@ def header(v: Values, msg_type: Any, buffers: list[Any]) -> dict[Any, Any]:
     return head
 
 
+LIMITS = Limits()
+
+
+def costly_map(fdp: atheris.FuzzedDataProvider) -> bytes:
+    """A packed map of arrays nested up to past msgpack's own 1024 levels, each level holding some
+    values: the shapes that cost the decoder time and memory (at most about 50,000 values)."""
+    depth = fdp.ConsumeIntInRange(0, 1100)
+    width = fdp.ConsumeIntInRange(0, 50_000 // max(depth, 1))
+    filler = fdp.PickValueInList([b"\xc0", b"\x90", b"\x80", b"\x01"])
+    level = b"\xdd" + (width + 1).to_bytes(4, "big") + filler * width
+    return b"\x81\xa1x" + level * depth + b"\x90"
+
+
 def build_frames(fdp: atheris.FuzzedDataProvider) -> list[bytes]:
     """Frames from fuzzer bytes: raw, or an envelope with fuzzed maps and buffer descriptions."""
     v = Values(fdp)
-    mode = fdp.ConsumeIntInRange(0, 3)
+    mode = fdp.ConsumeIntInRange(0, 4)
+    if mode == 4:
+        return [DELIMITER, pack(header(v, v.pick(sorted(REQUEST_TYPES)), [])), pack({}), costly_map(fdp)]
     if mode == 0:
         return [v.binary(64) for _ in range(fdp.ConsumeIntInRange(0, 8))]
     if mode == 1:
@@ -154,7 +170,23 @@ def build_frames(fdp: atheris.FuzzedDataProvider) -> list[bytes]:
     return frames
 
 
+def depth(value: Any) -> int:
+    level, levels = [value], 0
+    while level:
+        levels += 1
+        level = [v for c in level if isinstance(c, (list, dict)) for v in (c.values() if isinstance(c, dict) else c)]
+    return levels - 1
+
+
 def check_decode(frames: list[bytes]) -> None:
+    try:
+        bounded = decode(frames, LIMITS)
+    except ProtocolError:
+        pass
+    else:
+        deepest = max(depth(bounded.header), depth(bounded.parent), depth(bounded.content))
+        if deepest > LIMITS.max_map_depth:
+            raise AssertionError(f"decoded a map {deepest} deep within max_map_depth = {LIMITS.max_map_depth}")
     try:
         msg = decode(frames)
     except ProtocolError:

@@ -82,9 +82,21 @@ def _record(identity: bytes, msg: Message) -> None:
 
 
 SERVER.send = _record  # type: ignore[method-assign]
-if RUN_JOBS:
-    PUSH = SERVER.context.socket(zmq.PUSH)
-    PUSH.connect(SERVER._events_endpoint)
+PUSH = SERVER.context.socket(zmq.PUSH)
+PUSH.connect(SERVER._events_endpoint)
+
+
+def _admit_submits() -> None:
+    """Do the intake thread's work here: store each submit handed to it, and let the transport
+    hear the result (the reply to the submit comes from there)."""
+    while True:
+        try:
+            item = SERVER.intake.pending.get_nowait()
+        except queue.Empty:
+            return
+        assert item is not None
+        SERVER.intake.admit_one(*item, PUSH)
+        SERVER._on_event(SERVER.events.recv_multipart(copy=False))
 
 PATHS: list[Any] = [
     SHOT["plate"], SHOT["fg"], str(ROOT / "shot" / "plate.%04d.exr"), str(ROOT / "shot" / "fg.#.exr"),
@@ -251,12 +263,13 @@ def TestOneInput(data: bytes) -> None:
     mode = fdp.ConsumeIntInRange(0, 3)
     frames = build_frames(fdp) if mode == 0 else envelope_frames(v) if mode == 1 else submit_frames(v)
     try:
-        request: Message | None = decode(frames)
+        request: Message | None = decode(frames, SERVER.limits)  # as the server decodes requests
     except Exception:  # ProtocolError; anything else is fuzz_decode.py's business
         request = None
     SENT.clear()
     identity = b"\x00fuzz"
     SERVER._on_request([zmq.Frame(identity), *(_frame(f, offset) for f in frames)])
+    _admit_submits()
     replies = [m for _, m in SENT]
     if len(replies) != 1:
         raise AssertionError(f"{len(replies)} replies: {[m.msg_type for m in replies]}")

@@ -118,8 +118,15 @@ class Client:
     def status(self, job_id: str | None = None) -> dict[str, Any]:
         return self._call("status", {"job_id": job_id} if job_id else {}, job_id).content
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return list(self._call("jobs", {}).content.get("jobs", []))
+    def jobs(self, limit: int | None = None, before: str | None = None) -> list[dict[str, Any]]:
+        """This client's most recent jobs, oldest first: `limit` of them (the server's page size by
+        default), created before the job `before` if given (to page back)."""
+        content: dict[str, Any] = {}
+        if limit is not None:
+            content["limit"] = limit
+        if before is not None:
+            content["before"] = before
+        return list(self._call("jobs", content).content.get("jobs", []))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("cancel", {"job_id": job_id}, job_id).content
@@ -149,6 +156,7 @@ class Client:
         frames = encode(msg)
         if self.limits is not None:
             self.limits.check_message([memoryview(f).nbytes for f in frames])
+            decode(frames, self.limits)  # refuses what the server would refuse to decode, with its sentence
         self._pending[msg.msg_id] = collections.deque()
         try:
             self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
@@ -247,9 +255,10 @@ class JobStream:
             msg = self.client._receive(self.msg_id, self.client.timeout)
             if msg is not None:
                 return msg
-            # Quiet for a whole timeout: a long step, a queue, or a dead server. Ask.
-            self.client.status(self.job_id)
-            if self.job_id is None:
+            # Quiet for a whole timeout: a long step, a queue, a server storing many inline frames
+            # before it accepts, or a dead server. Ask.
+            status = self.client.status(self.job_id)
+            if self.job_id is None and self.msg_id not in status.get("storing", ()):
                 unacknowledged += 1
                 if unacknowledged >= 2:
                     raise ProtocolError(

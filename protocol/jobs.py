@@ -20,6 +20,13 @@ DEFAULT_COLORSPACE = "Linear Rec.709 (sRGB)"
 
 #: Frame numbers beyond this are a typo or garbage, not a shot (and would not fit file names).
 MAX_FRAME = 10**8
+#: Longest shot name, in UTF-8 bytes: a frame file's name adds
+#: a frame number and extension, and its temporary name while written adds 18 more, all within
+#: the 255 bytes file systems allow a name.
+MAX_NAME_BYTES = 200
+#: Longest output folder, leaving room under Linux's 4096-byte path limit for a frame file's name.
+MAX_FOLDER_BYTES = 3800
+_NAME_MAX = 255
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%0?(\d*)d")
@@ -35,6 +42,21 @@ def frame_path(template: str, frame: int) -> str:
     if _HASHES.search(template):
         return _HASHES.sub(lambda m: f"{frame:0{len(m.group(0))}d}", template, count=1)
     raise ProtocolError(f"path {template!r} has no frame number placeholder (#### or %04d)")
+
+
+def check_folder_path(path: Any, what: str) -> str:
+    """A folder a job writes into: each name in it, and the whole path with a frame file's name
+    added, must fit what file systems hold (255 bytes a name, 4096 a path)."""
+    if not isinstance(path, str):
+        raise ProtocolError(f"{what} must be a folder path, got {path!r}")
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_FOLDER_BYTES:
+        raise ProtocolError(f"{what} folder {path[:60]!r}... is {len(encoded)} bytes long; at most {MAX_FOLDER_BYTES}")
+    for part in re.split(r"[\\/]", path):
+        if len(part.encode("utf-8", "surrogatepass")) > _NAME_MAX:
+            raise ProtocolError(f"{what} folder {path[:60]!r}... has a name of {len(part.encode('utf-8', 'surrogatepass'))} "
+                                f"bytes ({part[:20]!r}...); file systems allow {_NAME_MAX}")
+    return path
 
 
 def check_job_id(job_id: str) -> str:
@@ -90,10 +112,13 @@ class JobSpec:
             raise ProtocolError(f"colorspace must be a colour space name, got {self.colorspace!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ProtocolError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
-        if not isinstance(self.name, str) or re.search(r"[\\/\x00]", self.name):
-            raise ProtocolError(f"shot name {self.name!r} must be plain text without slashes")
-        if self.output is not None and not isinstance(self.output, str):
-            raise ProtocolError(f"output must be a folder path, got {self.output!r}")
+        if not isinstance(self.name, str) or re.search(r"[\\/\x00-\x1f\x7f]", self.name):
+            raise ProtocolError(f"shot name {self.name!r} must be plain text without slashes or control characters")
+        if len(self.name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ProtocolError(f"shot name {self.name[:40]!r}... is {len(self.name.encode('utf-8', 'surrogatepass'))} "
+                                f"bytes long; at most {MAX_NAME_BYTES} fit in its frame files' names")
+        if self.output is not None:
+            check_folder_path(self.output, "output")
         if self.job_id is not None:
             check_job_id(self.job_id)
 

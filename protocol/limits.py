@@ -9,7 +9,7 @@ checks first.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 from .errors import ProtocolError
@@ -20,12 +20,30 @@ ENVELOPE_FRAMES = 4
 
 @dataclass(frozen=True)
 class Limits:
-    max_frames_per_job: int = 10_000
-    max_resolution: int = 16_384
-    max_buffer_bytes: int = 2**31 - 1
-    max_buffers_per_message: int = 4096
-    max_message_bytes: int = 2**34
-    max_map_bytes: int = 16 * 2**20
+    max_frames_per_job: int = field(default=10_000, metadata={"help": "frames in one job's range"})
+    max_resolution: int = field(default=16_384, metadata={
+        "help": "pixels a side of any frame, inline or read from a file"})
+    max_buffer_bytes: int = field(default=2**31 - 1, metadata={
+        "help": "bytes of one inline pixel buffer (one frame); a larger frame closes the connection"})
+    max_buffers_per_message: int = field(default=4096, metadata={"help": "inline pixel buffers in one message"})
+    max_message_bytes: int = field(default=2**34, metadata={"help": "bytes of one whole message, pixels included"})
+    max_map_bytes: int = field(default=16 * 2**20, metadata={
+        "help": "bytes of a message's header or content map (everything but the pixels)"})
+    max_map_entries: int = field(default=1024, metadata={
+        "help": "entries in any one map or array of a message's header or content (a message with more "
+                "pixel buffers may have one per buffer)"})
+    max_map_items: int = field(default=4096, metadata={
+        "help": "values held by all maps and arrays of a message's header and content together, a map "
+                "entry counting one"})
+    max_map_items_per_buffer: int = field(default=128, metadata={
+        "help": "values a message may hold beyond max_map_items for each pixel buffer it carries (the "
+                "description of its image)"})
+    max_map_depth: int = field(default=32, metadata={
+        "help": "maps and arrays nested inside each other in a message's header or content"})
+    max_staged_bytes_per_job: int = field(default=8 * 2**30, metadata={
+        "help": "bytes of distinct inline pixels one job may store on the server's disk"})
+    max_watchers_per_job: int = field(default=16, metadata={
+        "help": "requests watching one job at once (its submit and later attaches)"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -49,13 +67,21 @@ class Limits:
             raise ProtocolError(f"{what} is {width}x{height}, over the server's limit max_resolution = "
                                 f"{self.max_resolution} pixels a side")
 
-    def check_message(self, sizes: Sequence[int]) -> None:
-        """Refuse a message from the byte sizes of its frames (envelope first, then pixel buffers)."""
-        buffers = max(len(sizes) - ENVELOPE_FRAMES, 0)
+    def check_buffer_count(self, buffers: int) -> None:
+        """Refuse a message of more than `max_buffers_per_message` pixel buffers; the server counts
+        a long message's frames without keeping them, and checks the count here."""
         if buffers > self.max_buffers_per_message:
             raise ProtocolError(f"the message has {buffers} pixel buffers, over the server's limit "
                                 f"max_buffers_per_message = {self.max_buffers_per_message}; send fewer frames inline "
                                 "per job, or send paths")
+
+    def map_items(self, buffers: int) -> int:
+        """Values the maps and arrays of a message with `buffers` pixel buffers may hold together."""
+        return self.max_map_items + self.max_map_items_per_buffer * buffers
+
+    def check_message(self, sizes: Sequence[int]) -> None:
+        """Refuse a message from the byte sizes of its frames (envelope first, then pixel buffers)."""
+        self.check_buffer_count(max(len(sizes) - ENVELOPE_FRAMES, 0))
         for index, size in enumerate(sizes[1:ENVELOPE_FRAMES], start=1):
             if size > self.max_map_bytes:
                 what = ("header", "parent header", "content")[index - 1]

@@ -18,8 +18,9 @@ import numpy as np
 
 from .errors import ProtocolError
 from .images import PIXEL_DTYPES, Image
+from .limits import Limits
 
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 DELIMITER = b"<CVGEN|MSG>"
 
 REQUEST_TYPES = frozenset({"hello", "submit", "cancel", "status", "jobs"})
@@ -99,10 +100,77 @@ def _pack_default(obj: Any) -> Any:
     raise TypeError(f"cannot send {type(obj).__name__} in a message")
 
 
-def _unpack(frame: Any, what: str) -> dict[str, Any]:
-    raw = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+class _Bounds:
+    """Decoding within a message's limits, at a cost bounded by them rather than by its bytes.
+
+    msgpack refuses a map or array longer than `max_map_entries` from its length alone; the hooks
+    count the values of each map and array as msgpack completes it, so a message of millions of
+    tiny containers is refused after `Limits.map_items` of them, not built whole (a 16 MiB map of
+    empty arrays once took 1.3 GiB and seconds). msgpack itself nests up to 1024 levels, deeper
+    than Python's recursion limit; nesting is measured level by level once a map is decoded.
+    Extension types are no part of the protocol and are refused (msgpack decodes a timestamp
+    itself: it arrives as float seconds, as our own `time` fields are sent).
+    """
+
+    def __init__(self, limits: Limits, buffers: int) -> None:
+        self.limits = limits
+        self.buffers = buffers
+        self.items = limits.map_items(buffers)
+        self.left = self.items
+        self.entries = max(limits.max_map_entries, buffers)
+
+    def count(self, container: Any) -> Any:
+        self.left -= len(container)
+        if self.left < 0:
+            per_buffer = (f" + max_map_items_per_buffer = {self.limits.max_map_items_per_buffer} for each of its "
+                          f"{self.buffers} pixel buffers" if self.buffers else "")
+            raise ProtocolError(f"the message's maps and arrays hold more than {self.items} values, over the "
+                                f"server's limit max_map_items = {self.limits.max_map_items}{per_buffer}")
+        return container
+
+    @staticmethod
+    def refuse_extension(code: int, data: bytes) -> Any:
+        raise ProtocolError(f"msgpack extension type {code} is not part of the cvgen protocol")
+
+    def unpack(self, raw: bytes, what: str) -> Any:
+        try:
+            value = msgpack.unpackb(raw, raw=False, list_hook=self.count, object_hook=self.count,
+                                    ext_hook=self.refuse_extension, timestamp=1, max_array_len=self.entries,
+                                    max_map_len=self.entries, max_str_len=len(raw), max_bin_len=len(raw))
+        except msgpack.StackError:
+            raise self.too_deep(what) from None
+        except ValueError as exc:
+            if "exceeds max_array_len" not in str(exc) and "exceeds max_map_len" not in str(exc):
+                raise
+            raise ProtocolError(f"the message's {what} has a map or array of {str(exc).split()[0]} entries, over the "
+                                f"server's limit max_map_entries = {self.limits.max_map_entries}, or one per pixel "
+                                "buffer where a message has more") from None
+        self.check_depth(value, what)
+        return value
+
+    def check_depth(self, value: Any, what: str) -> None:
+        level = [value] if type(value) in _CONTAINERS else []
+        for _ in range(self.limits.max_map_depth):
+            if not level:
+                return
+            level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in _CONTAINERS]
+        if level:
+            raise self.too_deep(what)
+
+    def too_deep(self, what: str) -> ProtocolError:
+        return ProtocolError(f"the message's {what} nests maps and arrays more than {self.limits.max_map_depth} "
+                             f"deep, over the server's limit max_map_depth = {self.limits.max_map_depth}")
+
+
+_CONTAINERS = (list, dict)
+
+
+def _unpack(frame: Any, what: str, bounds: _Bounds | None) -> dict[str, Any]:
+    raw = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
     try:
-        value = msgpack.unpackb(raw, raw=False)
+        value = msgpack.unpackb(raw, raw=False) if bounds is None else bounds.unpack(raw, what)
+    except ProtocolError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise ProtocolError(f"{what} is not valid msgpack: {exc}") from None
     if not isinstance(value, dict):
@@ -110,16 +178,21 @@ def _unpack(frame: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def decode(frames: Sequence[Any]) -> Message:
-    """Parse frames (bytes or zmq.Frame) after any routing identities have been removed."""
+def decode(frames: Sequence[Any], limits: Limits | None = None) -> Message:
+    """Parse frames (bytes or zmq.Frame) after any routing identities have been removed.
+
+    With `limits` (a server reading requests, a client checking its own before sending) the maps
+    are decoded within them, see `_Bounds`; without, as they come (a message from our own side).
+    """
     if len(frames) < 4:
         raise ProtocolError(f"a message has at least 4 frames, got {len(frames)}")
     first = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
     if first != DELIMITER:
         raise ProtocolError("not a cvgen message (missing the <CVGEN|MSG> delimiter)")
-    header = _unpack(frames[1], "header")
-    parent = _unpack(frames[2], "parent header")
-    content = _unpack(frames[3], "content")
+    bounds = _Bounds(limits, len(frames) - 4) if limits is not None else None
+    header = _unpack(frames[1], "header", bounds)
+    parent = _unpack(frames[2], "parent header", bounds)
+    content = _unpack(frames[3], "content", bounds)
     version = str(header.get("version", ""))
     if version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
         raise ProtocolError(f"protocol version {version or '(none)'} is not supported; this side speaks {PROTOCOL_VERSION}")
@@ -135,6 +208,18 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"header describes {len(descs) if isinstance(descs, list) else '?'} buffers but {len(raw_buffers)} arrived")
     buffers = [_wrap_buffer(frame, desc, i) for i, (frame, desc) in enumerate(zip(raw_buffers, descs))]
     return Message(msg_type, content, job_id, parent, buffers, header)
+
+
+def refused_request_header(frames: Sequence[Any], limits: Limits) -> dict[str, Any]:
+    """What can be read of the header of a request that `decode` refused (over a limit, a bad
+    content map): its `msg_id`, `msg_type` and `session`, so the `error` reply names the request
+    and the client waiting for it hears why; {} when the header itself is unreadable."""
+    try:
+        header = _unpack(frames[1], "header", _Bounds(limits, 0))
+    except (ProtocolError, IndexError):
+        return {}
+    return {k: header[k] for k in ("msg_id", "msg_type", "session") if isinstance(header.get(k), str)
+            and len(header[k]) <= 256}
 
 
 def _wrap_buffer(frame: Any, desc: Any, index: int) -> np.ndarray:

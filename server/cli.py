@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keys", type=Path, help="key folder from `cvgen keys generate`: encrypt with CurveZMQ and "
                                                  "admit only the clients in its authorized/ folder (required for "
                                                  "any address but loopback)")
+    serve.add_argument("--admin", action="append", dest="admins", metavar="NAME",
+                       help="client (KEYS/authorized/NAME.key) that sees, attaches to and cancels every client's "
+                            "jobs, not only its own (repeatable; needs --keys)")
     serve.add_argument("--input-root", action="append", dest="input_roots", metavar="DIR",
                        help="folder requests may read frames from (repeatable; default: anywhere on loopback, "
                             "nowhere but inline frames on any other address)")
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "anywhere on loopback, only the jobs folder on any other address)")
     for f in fields(Limits):
         serve.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, metavar="N",
-                           help="limit advertised in hello (default %(default)s)")
+                           help=f"the most {f.metadata['help']} (default %(default)s; advertised in hello)")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="CurveZMQ keys for a server other machines reach")
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a workstation or farm to admit (repeatable; default: one named 'client' when "
                                "the folder is new)")
     generate.set_defaults(func=cmd_keys_generate)
+    revoke = keys_sub.add_parser("revoke", help="remove a client from the allow-list; a running server refuses "
+                                                "its requests at once, open connections included")
+    revoke.add_argument("folder", type=Path, help="key folder (server.key*, authorized/, clients/)")
+    revoke.add_argument("name", help="client name, as in authorized/NAME.key")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     render = sub.add_parser("render", help="run a job file in this process (what a farm task runs)")
     render.add_argument("job", type=Path, help="job file (JSON)")
@@ -116,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .paths import PathPolicy
     from .service import Server
 
-    keys = ServerKeys.load(args.keys) if args.keys else None
+    if args.admins and not args.keys:
+        raise ProtocolError("--admin needs --keys: without keys every job already belongs to the one local user")
+    keys = ServerKeys.load(args.keys, args.admins or ()) if args.keys else None
     default = None if is_loopback(args.bind) else []
     paths = PathPolicy.roots(args.input_roots or default, args.output_roots or default)
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
@@ -145,6 +155,18 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     print(f"serve with: cvgen serve --bind tcp://0.0.0.0:5555 --keys {args.folder}")
     print(f"give each workstation {args.folder / 'server.key'} and its clients/NAME.key_secret "
           "(keep every .key_secret private)")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from .auth import revoke_key
+
+    for path in revoke_key(args.folder, args.name):
+        print(f"removed {path}")
+    print(f"revoked {args.name}: a running `cvgen serve --keys {args.folder}` refuses its requests at once, on "
+          "connections already open too (no restart or SIGHUP needed); running jobs go on")
+    print(f"to admit {args.name} again, copy {args.folder / 'clients' / (args.name + '.key')} into "
+          f"{args.folder / 'authorized'}")
     return 0
 
 

@@ -36,12 +36,14 @@ class ActiveJob:
     """A job the server holds in memory while it is queued or running."""
 
     record: JobRecord
-    inline: dict[str, dict[int, Image]] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: bool = False
     state: str = "queued"
     progress: dict[str, Any] = field(default_factory=dict)
+    #: Frames of the job on disk, counted once and then as they are written, so that listing jobs
+    #: never counts files; None until counted.
+    done: int | None = None
 
     @property
     def job_id(self) -> str:
@@ -95,21 +97,20 @@ class Worker(threading.Thread):
         try:
             record.remove_stale_temp_files()
             record.set_state("running", device=self.device)
-            if job.inline:
-                stage_inline_inputs(record, job.inline)
-                job.inline = None
+            job.done = len(record.done_frames())
 
             def on_progress(p: dict[str, Any]) -> None:
                 job.progress = p
                 self._emit(push, job, "progress", p)
 
             def on_frame(frame: int, path: Path, image: Image) -> None:
+                job.done = (job.done or 0) + 1
                 content = {"frame": frame, "path": str(path), "image": {**image.describe(), "buffer": 0}}
                 self._emit(push, job, "frame", content, [image.pixels])
 
             run_job(record.spec, record.output_dir, on_progress=on_progress, on_frame=on_frame,
                     is_cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
-                    models=self.models, device=self.device, paths=self.paths,
+                    models=self.models, device=self.device, paths=self.paths.for_job(record) if self.paths else None,
                     limits=self.limits)
         except Cancelled:
             if job.cancel.is_set():
@@ -152,6 +153,8 @@ class Worker(threading.Thread):
 def _record_state(job: ActiveJob, state: str, **extra: Any) -> None:
     """Write the job's state file; a disk too full for even that is logged, and the hosts
     watching still hear how the job ended (the worker must live on to run the next job)."""
+    if job.done is not None:
+        extra["done"] = job.done
     try:
         job.record.set_state(state, **extra)
     except OSError as exc:
@@ -169,16 +172,3 @@ def _no_room_message(exc: OSError, record: JobRecord) -> str:
     return (f"{why[exc.errno]} ({what}); {done} of {len(record.spec.frame_numbers)} frames are finished and kept; "
             "make room, then submit the job again with the same job id to render the rest")
 
-
-def stage_inline_inputs(record: JobRecord, inline: dict[str, dict[int, Image]]) -> None:
-    """Store pixels that arrived in the request as EXRs in the job folder.
-
-    The job then reads its inputs from files like any other, and it can resume after a crash
-    without the host sending the frames again.
-    """
-    record.inputs_dir.mkdir(exist_ok=True)
-    for role, frames in inline.items():
-        for frame, image in frames.items():
-            write_exr(record.inputs_dir / f"{role}.{frame:04d}.exr", image)
-        record.spec.inputs[role] = str(record.inputs_dir / f"{role}.####.exr")
-    record.save_spec()

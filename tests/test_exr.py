@@ -13,7 +13,7 @@ import numpy as np
 import OpenImageIO as oiio
 import pytest
 
-from cvgen.protocol.images import Image
+from cvgen.protocol.images import Image, check_attributes
 from cvgen.server.errors import InputError
 from cvgen.protocol.files import atomic_output
 from cvgen.server.io.exr import MAX_SIDE, WRITE_COMPRESSIONS, read_exr, write_exr
@@ -311,7 +311,6 @@ def test_provenance_and_typed_attributes(tmp_path: Path) -> None:
         "take": 3,
         "lens": 35.0,
         "notes": ["a", "b"],
-        "grade": {"lift": 0.1},
     }
     provenance = {"op": "harmonize", "seed": 42, "parameters": {"strength": 0.5, "steps": 20}, "model": "tiny"}
     write_exr(tmp_path / "p.exr", image, provenance=provenance)
@@ -321,14 +320,58 @@ def test_provenance_and_typed_attributes(tmp_path: Path) -> None:
     assert json.loads(attributes["cvgen:parameters"]) == {"strength": 0.5, "steps": 20}
     assert attributes["cvgen:model"] == "tiny"
     for key, value in image.attributes.items():
-        expected = json.dumps(value) if isinstance(value, dict) else value
-        assert attributes[key] == expected, key
+        assert attributes[key] == value, key
     inp = oiio.ImageInput.open(str(tmp_path / "p.exr"))
     types = {p.name: str(p.type) for p in inp.spec().extra_attribs}
     inp.close()
     assert types["smpte:TimeCode"] == "timecode"
     assert types["FramesPerSecond"] == "rational"
     assert types["worldToCamera"] == "matrix"
+
+
+#: Header fields (and OpenImageIO instructions) an Image built in-process may carry among its
+#: attributes; none may shape the file. A data window wider than the pixels made OpenImageIO
+#: read past them (a SIGSEGV for a huge one).
+LAYOUT_ATTRIBUTES = {
+    "dataWindow": [0, 0, 1_000_000, 3], "DataWindow": [0, 0, 1023, 3], "displayWindow": [0, 0, 3, 3],
+    "channels": "R", "tiles": [16, 16], "compression": "b44", "COMPRESSION": "none", "lineOrder": 2,
+    "openexr:lineOrder": "decreasingY", "chunkCount": 5, "version": 99, "type": "deepscanline", "name": "left",
+    "pixelAspectRatio": 5.0, "PixelAspectRatio": 5.0, "oiio:ColorSpace": "sRGB", "textureformat": "Plain Texture",
+    "envmap": 1, "dataWindow\x00x": [0, 0, 1023, 3], "grade": {"lift": 0.1, b"gamma": 1.0}, "frame": 2**40,
+    "FramesPerSecond": [2**40, 1],
+}
+
+
+def test_the_writer_takes_the_layout_only_from_the_pixels_and_fields(tmp_path: Path) -> None:
+    image = _small()
+    image.attributes = {**LAYOUT_ATTRIBUTES, "artist": "comp", "take": 3}
+    write_exr(tmp_path / "l.exr", image)
+    again = read_exr(tmp_path / "l.exr")
+    assert np.array_equal(_bits(again.pixels), _bits(image.pixels))
+    assert (again.channels, again.data_window, again.display) == (image.channels, image.data_window, image.display)
+    assert again.pixel_aspect == image.pixel_aspect == 2.0
+    assert (again.attributes["artist"], again.attributes["take"]) == ("comp", 3)
+    assert not {k.lower() for k in again.attributes} & {k.lower() for k in LAYOUT_ATTRIBUTES if isinstance(k, str)}
+    inp = oiio.ImageInput.open(str(tmp_path / "l.exr"))
+    spec = inp.spec()
+    inp.close()
+    assert (spec.tile_width, spec.get_string_attribute("compression")) == (0, "zip")
+    assert spec.get_string_attribute("openexr:lineOrder") == "increasingY"
+
+
+@pytest.mark.parametrize("source", [EXR / "Beachball" / "singlepart.0001.exr", EXR / "Beachball" / "multipart.0001.exr",
+                                    EXR / "Tiles" / "GoldenGate.exr", EXR / "TestImages" / "WideColorGamut.exr"],
+                         ids=_name)
+def test_real_metadata_survives_and_could_be_sent_again(source: Path, tmp_path: Path) -> None:
+    """What read_exr keeps of a real header is what a request may send, and it comes back
+    unchanged from a file cvgen writes (OpenImageIO stamps a DateTime where there was none)."""
+    image = read_exr(source)
+    assert image.attributes and check_attributes(image.attributes) == image.attributes
+    write_exr(tmp_path / source.name, image)
+    again = read_exr(tmp_path / source.name)
+    assert {k: v for k, v in again.attributes.items() if k != "DateTime"} == {
+        k: v for k, v in image.attributes.items() if k != "DateTime"
+    }
 
 
 # --- atomic writes --------------------------------------------------------------------------------

@@ -371,6 +371,37 @@ def test_a_full_disk_fails_the_job_cleanly_and_keeps_finished_frames(tmp_path, h
     print(f"{how}: failed after {len(ready)} frames in {took:.1f} s: {message}")
 
 
+@pytest.mark.parametrize("how", ["tmpfs", "file-size"])
+def test_inline_frames_on_a_full_disk_are_refused_leaving_nothing_and_can_be_sent_again(tmp_path, how, tmpfs_allowed):
+    """The frames of an inline job are stored before `accepted`: when they do not fit, the host
+    hears `no_space`, no job folder is left behind, and the same job id works once there is room."""
+    if how == "tmpfs" and not tmpfs_allowed:
+        warnings.warn("unshare -rm cannot mount a tmpfs here: the tmpfs case runs with RLIMIT_FSIZE instead")
+        how = "file-size"
+    noisy = np.random.default_rng(3).uniform(0, 1, (256, 256, 4)).astype(np.float32)
+    inline = {role: {f: Image(noisy * f, ("R", "G", "B", "A")) for f in (1, 2)} for role in ("plate", "fg")}
+    spec = JobSpec("colormatch", (1, 2), job_id="inline")
+    server = SmallDiskServer(tmp_path / "jobs", how, 640 * 1024 if how == "tmpfs" else 128 * 1024).start()
+    try:
+        with watchdog(120, server.proc.kill), Client(server.endpoint, timeout=30) as client:
+            with pytest.raises(ServerError) as err:
+                client.submit(spec, inline=inline).wait()
+            assert err.value.code == "no_space" and "same job id" in str(err.value), err.value
+            jobs = server.view(server.jobs_dir)
+            assert [p.name for p in jobs.iterdir() if not p.name.startswith("ballast")] == []
+            with pytest.raises(ServerError) as gone:
+                client.status("inline")
+            assert gone.value.code == "not_found"
+            if server.make_room():
+                done = client.submit(spec, inline=inline).wait()
+                assert sorted(done.frames) == [1, 2]
+                assert read_exr(server.view(jobs / "inline" / "inputs" / "plate.0002.exr")).pixels.tobytes() == \
+                    (noisy * 2).tobytes()
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
 # --- damaged EXRs as inputs -----------------------------------------------------------------
 
 def test_damaged_exrs_as_inputs_get_bad_request_and_the_server_lives(server, tmp_path, shared_data):

@@ -11,7 +11,13 @@ Properties:
 * A real server (in this process, on loopback) answers every request with exactly one first
   reply of the type that request expects, or an `error` with a stable code other than
   `internal` (which means an unhandled bug); jobs that a fuzzed `submit` gets accepted run (or
-  are cancelled) to their end without an `internal` error either; the serving thread never dies.
+  are cancelled) to their end without an `internal` error either, with exactly one final
+  reply; the serving thread never dies, and the server still answers `hello` at the end.
+* A frame an accepted inline job delivers inline holds no byte the request did not send: it has
+  the plate's data window and channels, its channels other than RGB are the plate's, and so is
+  its RGB wherever the op keeps the plate (outside the matte), byte for byte. Fuzzed inline
+  images carry header field names among their attributes (dataWindow, channels, compression,
+  oiio:..., which once made OpenImageIO read past the pixels) and windows near the limits.
 
 The server may read and write only under this module's temporary folder (its path policy says
 so), so a fuzzed path or output folder cannot touch anything else. `--hypothesis-show-statistics`
@@ -37,7 +43,7 @@ from hypothesis.extra import numpy as hnp
 from support import make_shot
 
 from cvgen.protocol.errors import ERROR_CODES, ProtocolError
-from cvgen.protocol.images import PIXEL_DTYPES
+from cvgen.protocol.images import PIXEL_DTYPES, Image
 from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import (
     DELIMITER,
@@ -46,6 +52,7 @@ from cvgen.protocol.messages import (
     Message,
     decode,
     encode,
+    image_from_wire,
     make_header,
 )
 from cvgen.server.paths import PathPolicy
@@ -351,7 +358,7 @@ class ServerHarness:
         end (cancelling it first if asked), then check nothing else came for it."""
         self.revive()
         try:
-            request: Message | None = decode(frames)
+            request: Message | None = decode(frames, self.server.limits)  # as the server decodes requests
         except Exception:  # ProtocolError expected; anything else is the decoder tests' business
             request = None
         sock = self.context.socket(zmq.DEALER)
@@ -413,6 +420,8 @@ class ServerHarness:
             assert msg.parent_id in waiting, f"{msg.msg_type} for a request already answered"
             if msg.parent_id == request.msg_id:
                 assert msg.job_id == job_id and msg.msg_type != "accepted"
+                if msg.msg_type == "frame":
+                    check_delivered_frame(request, msg)
                 if msg.final:
                     ended = " ".join([msg.msg_type, str(msg.content.get("code", ""))]).strip()
             else:
@@ -430,6 +439,46 @@ class ServerHarness:
         reply = self._receive(sock, REPLY_TIMEOUT_S)
         assert reply.parent_id == sentinel, f"an extra {reply.msg_type} reply: {reply.content}"
         assert reply.msg_type == "status_reply"
+
+
+def check_delivered_frame(request: Message, frame: Message) -> None:
+    """A frame delivered inline for a job whose plate and fg were sent inline holds only the
+    plate's bytes where the op keeps the plate: outside the matte (the fg's alpha, as the ops
+    read it), and in every channel but RGB."""
+    inline, job = request.content.get("inline"), request.content.get("job")
+    if request.content.get("deliver") != "inline" or not isinstance(inline, dict) or not isinstance(job, dict):
+        return
+    number = frame.content["frame"]
+    sent = {role: _sent_image(request, role, number) for role in ("plate", "fg")}
+    plate, fg = sent["plate"], sent["fg"]
+    if plate is None or fg is None:
+        return  # an input read from a file
+    out = image_from_wire(frame.content["image"], frame.buffers)
+    assert (out.data_window, out.display, out.channels) == (plate.data_window, plate.display, plate.channels)
+    assert out.pixels.dtype == plate.pixels.dtype and out.pixels.nbytes == plate.pixels.nbytes
+    keep = np.ones((plate.height, plate.width), bool)
+    params = job.get("params") if isinstance(job.get("params"), dict) else {}
+    if "matte" in (job.get("inputs") or {}) or "matte" in inline:
+        keep[:] = False  # a matte from elsewhere: only the other channels are known
+    elif job.get("op") != "colormatch" and params.get("replace_background", True) is False:
+        keep[:] = False  # harmonize renders the whole frame
+    elif fg.has("A"):
+        alpha = fg.in_window(plate.data_window).channel("A").astype(np.float32)
+        keep = np.clip(np.nan_to_num(alpha, nan=0.0), 0.0, 1.0) == 0
+    bits = {2: np.uint16, 4: np.uint32}[plate.pixels.dtype.itemsize]
+    for name in plate.channels:
+        where = keep if name in ("R", "G", "B") else np.ones_like(keep)
+        got, want = out.channel(name)[where].view(bits), plate.channel(name)[where].view(bits)
+        assert np.array_equal(got, want), (
+            f"frame {number} channel {name}: {int(np.count_nonzero(got != want))} values the plate did not have")
+
+
+def _sent_image(request: Message, role: str, number: int) -> Image | None:
+    entries = request.content["inline"].get(role)
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("frame") == number:
+            return image_from_wire(entry.get("image"), request.buffers)
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -510,13 +559,29 @@ NAMES = st.one_of(st.text(max_size=12), st.sampled_from(["a/b", "..", "x\\y", "n
 ROLES = st.one_of(st.sampled_from(["plate", "fg", "matte"]), st.text(max_size=6), st.binary(max_size=4))
 INLINE_FIELDS = ("channels", "origin", "display", "pixel_aspect", "attributes", "buffer")
 COORDINATES = st.one_of(st.integers(-4, 10), INTS, st.floats(),
-                        st.sampled_from([float("inf"), float("nan"), 2**31, -2**31 - 1, 2**40, "1", 1.5]))
+                        st.sampled_from([float("inf"), float("nan"), 2**31, -2**31 - 1, 2**40, "1", 1.5]),
+                        st.integers(2**30 - 12, 2**30 + 2), st.integers(-(2**30) - 2, -(2**30) + 12),
+                        st.integers(2**31 - 12, 2**31 - 1), st.sampled_from([2**20, 2**20 + 1, 8192]))
+#: Header fields, OpenImageIO instructions and standard EXR attributes, as attribute names.
+HEADER_NAMES = st.sampled_from([
+    "dataWindow", "DataWindow", "displayWindow", "channels", "tiles", "compression", "Compression", "lineOrder",
+    "chunkCount", "version", "type", "name", "maxSamplesPerPixel", "pixelAspectRatio", "PixelAspectRatio",
+    "openexr:lineOrder", "openexr:levelmode", "oiio:ioproxy", "oiio:ColorSpace", "oiio:UnassociatedAlpha",
+    "textureformat", "envmap", "preview", "thumbnail_width", "dataWindow\x00x", "smpte:TimeCode", "timeCode",
+    "smpte:KeyCode", "FramesPerSecond", "chromaticities", "screenWindowWidth", "screenWindowCenter", "worldToCamera",
+    "multiView", "DateTime", "XResolution", "YResolution", "ResolutionUnit", "tiff:Compression", "camera"])
+WINDOW_LIKE = st.lists(st.one_of(st.integers(-4, 2048), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=8)
+ATTRIBUTE_VALUES = st.one_of(VALUES, WINDOW_LIKE, st.just([0, 0, 1023, 3]), st.just([0, 0, 10**6, 3]),
+                             st.lists(st.floats(width=32), min_size=1, max_size=17), st.text(max_size=20),
+                             st.lists(st.text(max_size=4), min_size=1, max_size=3))
+ATTRIBUTE_MAPS = st.dictionaries(st.one_of(HEADER_NAMES, KEYS), ATTRIBUTE_VALUES, max_size=4)
 IMAGE_FIELD_VALUES = {
     "channels": st.one_of(st.lists(st.sampled_from(["R", "G", "B", "A", "Y", "Z", ""]), max_size=6), VALUES),
     "origin": st.one_of(st.lists(COORDINATES, min_size=2, max_size=2), st.lists(COORDINATES, max_size=3), VALUES),
     "display": st.one_of(st.lists(COORDINATES, min_size=4, max_size=4), st.lists(COORDINATES, max_size=5), VALUES),
-    "pixel_aspect": st.one_of(st.floats(), st.sampled_from([0, -1, 1, 2**64 - 1, "1.0", "inf"]), VALUES),
-    "attributes": st.one_of(MAPS, VALUES),
+    "pixel_aspect": st.one_of(st.floats(), st.sampled_from([0, -1, 1, 2**64 - 1, "1.0", "inf", 1e-300, 1e-3, 1e3,
+                                                             1000.0001, 0.00099999, 1.1]), VALUES),
+    "attributes": st.one_of(MAPS, VALUES, ATTRIBUTE_MAPS, ATTRIBUTE_MAPS),
     "buffer": st.one_of(st.integers(-1, 4), INTS, VALUES),
 }
 
@@ -647,6 +712,44 @@ def test_server_handles_fuzzed_submits_without_internal_errors(harness, submit_s
     job = msgpack.unpackb(frames[3], raw=False, strict_map_key=False).get("job")
     op = job.get("op") if isinstance(job, dict) else None
     event(f"{op if op in ('colormatch', 'harmonize') else 'other op'}: {harness.outcome}")
+
+
+#: Origins that are valid, near OpenEXR's coordinate limits (2**30 - 1), or beyond them.
+ORIGINS = st.one_of(st.just([0, 0]), st.lists(st.integers(-8, 8), min_size=2, max_size=2),
+                    st.lists(st.one_of(st.integers(2**30 - 12, 2**30 + 2), st.integers(-(2**30) - 2, -(2**30) + 12),
+                                       st.integers(2**31 - 8, 2**31 - 1)), min_size=2, max_size=2))
+
+
+@st.composite
+def inline_image_submits(draw: st.DrawFn) -> list[bytes]:
+    """colormatch on one frame, plate and fg sent inline and the result delivered inline, with
+    fuzzed image fields: attributes named like header fields above all, windows near the
+    limits, odd pixel aspects. Most are refused at submit; the rest must run and give back
+    only the plate's bytes."""
+    height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    origin = draw(ORIGINS)
+    inline: dict[str, Any] = {}
+    arrays: list[np.ndarray] = []
+    for role in ("plate", "fg"):
+        array = draw(pixel_arrays(st.sampled_from(["float16", "float32"]), st.just((height, width, 4)))).copy()
+        if role == "fg" and draw(st.booleans()):
+            array[:, : (width + 1) // 2, 3] = 0  # some plate must show through
+        image: dict[str, Any] = {"channels": ["R", "G", "B", "A"], "buffer": len(arrays), "origin": origin}
+        for name in draw(st.sets(st.sampled_from(["origin", "display", "pixel_aspect"]), max_size=2)):
+            image[name] = draw(IMAGE_FIELD_VALUES[name])
+        if draw(st.integers(0, 3)):
+            image["attributes"] = draw(ATTRIBUTE_MAPS)
+        arrays.append(array)
+        inline[role] = [{"frame": 1, "image": image}]
+    content = {"job": {"op": "colormatch", "frames": [1, 1]}, "inline": inline, "deliver": "inline"}
+    return wire("submit", content, [raw_buffer(a) for a in arrays])
+
+
+@fuzz_settings(150, shrink=SHRINK_SERVER)
+@given(inline_image_submits())
+def test_server_gives_back_only_the_bytes_an_inline_plate_sent(harness, frames):
+    harness.exchange(frames)
+    event(harness.outcome)
 
 
 def test_server_still_serves_after_the_fuzzing(harness):

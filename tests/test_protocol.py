@@ -11,6 +11,7 @@ import zmq
 
 from cvgen.protocol import Image, JobSpec, ProtocolError, ServerUnavailable, frame_path
 from cvgen.protocol.client import Client
+from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import (DELIMITER, PROTOCOL_VERSION, Message, decode, encode, image_from_wire,
                                      image_to_wire)
 
@@ -98,6 +99,60 @@ def test_unknown_fields_are_ignored():
     header["added_in_v1_9"] = "x"
     frames[1] = msgpack.packb(header)
     assert decode(frames).content == {"future_field": [1, 2]}
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def with_content(content: bytes, buffers: int = 0) -> list:
+    """A message whose content map is `content` (packed), with `buffers` one-byte uint8 buffers."""
+    frames = encode(Message("status", buffers=[np.zeros(1, np.uint8)] * buffers))
+    return [*frames[:3], content, *frames[4:]]
+
+
+LIMITS = Limits()
+
+
+@pytest.mark.parametrize("content, complaint", [
+    ({"m": {str(i): 0 for i in range(LIMITS.max_map_entries + 1)}}, "max_map_entries = 1024"),
+    ({"a": [0] * (LIMITS.max_map_entries + 1)}, "max_map_entries = 1024"),
+    ({str(i): [0] * 1000 for i in range(5)}, "max_map_items = 4096"),
+    ({"deep": nested(LIMITS.max_map_depth)}, "max_map_depth = 32"),
+    ({"x": msgpack.ExtType(1, b"")}, "extension type 1"),
+])
+def test_decoding_within_limits_refuses_costly_maps_naming_the_limit(content, complaint):
+    frames = with_content(msgpack.packb(content))
+    decode(frames)  # a message from our own side is decoded as it comes
+    with pytest.raises(ProtocolError, match=complaint):
+        decode(frames, LIMITS)
+
+
+def test_nesting_past_msgpacks_own_stack_is_refused_naming_the_depth_limit():
+    with pytest.raises(ProtocolError, match="max_map_depth"):
+        decode(with_content(b"\x81\xa1x" + b"\x91" * 1100 + b"\x90"), LIMITS)
+
+
+def test_the_limits_at_their_edge_are_accepted():
+    edge = {"deep": nested(LIMITS.max_map_depth - 1), "a": [0] * LIMITS.max_map_entries,
+            **{str(i): [0] * 1000 for i in range(3)}}
+    assert decode(with_content(msgpack.packb(edge)), LIMITS).content == edge
+    stamp = msgpack.packb({"t": msgpack.Timestamp(5, 0)}, datetime=False)
+    assert decode(with_content(stamp), LIMITS).content == {"t": 5.0}
+
+
+def test_a_message_with_many_buffers_may_describe_each_of_them():
+    """An inline frame list has an entry per buffer, and each entry describes its image."""
+    count = LIMITS.max_map_entries * 2
+    described = hd_frame().describe()
+    entries = [{"frame": i, "image": {**described, "buffer": i}} for i in range(count)]
+    frames = with_content(msgpack.packb({"inline": {"plate": entries}}), buffers=count)
+    assert len(decode(frames, LIMITS).content["inline"]["plate"]) == count
+    with pytest.raises(ProtocolError, match="max_map_items_per_buffer = 128 for each of its 1 pixel buffers"):
+        decode(with_content(msgpack.packb({"inline": {"plate": entries[:1000]}}), buffers=1), LIMITS)
 
 
 def test_job_spec_checks_and_paths():

@@ -18,6 +18,7 @@ import numpy as np
 
 from cvgen.protocol import CvgenError, Image
 from cvgen.protocol.files import atomic_output
+from cvgen.protocol.images import metadata
 
 _MAGIC = b"\x76\x2f\x31\x01"
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
@@ -104,7 +105,7 @@ def _decode(data: bytes, path: str) -> Image:
         (x0, y0),
         (dx0, dy0, dx1 - dx0 + 1, dy1 - dy0 + 1),
         float(attrs.get("pixelAspectRatio", 1.0)),
-        {k: v for k, v in attrs.items() if isinstance(v, str)},
+        metadata({k: v for k, v in attrs.items() if isinstance(v, str)}),
     )
 
 

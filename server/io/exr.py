@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import json
-import numbers
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import OpenImageIO as oiio
 
-from cvgen.protocol.images import Image
+from cvgen.protocol.images import Image, metadata, real_valued
 
 from ..errors import InputError
 from cvgen.protocol.files import atomic_output
@@ -49,28 +48,34 @@ _EXR_SUFFIXES = (".exr", ".sxr", ".mxr")
 _NATIVE_TYPES = {"half": oiio.TypeHalf, "float": oiio.TypeFloat, "uint": oiio.TypeUInt}
 _WRITE_TYPES = {"half": "half", "float16": "half", "float": "float", "float32": "float"}
 
-# File-structure facts OpenImageIO reports as attributes: not metadata of the picture.
-_SKIP_PREFIXES = ("oiio:", "openexr:", "thumbnail_")
-# Attributes write_exr sets from its own arguments and fields.
-_OWN_ATTRIBUTES = ("compression", "PixelAspectRatio")
-# EXR attribute types that a plain list of numbers cannot tell apart from others.
+# EXR attribute types that a plain list of numbers cannot tell apart from others, by lower-case
+# name (OpenImageIO's and OpenEXR's), as OpenImageIO matches names.
 _TYPED_ATTRIBUTES = {
-    "smpte:TimeCode": oiio.TypeTimeCode,
-    "smpte:KeyCode": oiio.TypeKeyCode,
-    "FramesPerSecond": oiio.TypeRational,
+    "smpte:timecode": oiio.TypeTimeCode,
+    "timecode": oiio.TypeTimeCode,
+    "smpte:keycode": oiio.TypeKeyCode,
+    "keycode": oiio.TypeKeyCode,
+    "framespersecond": oiio.TypeRational,
 }
+# Lists of whole numbers EXR has a type for (v2i, v3i, box2i); other lengths become floats.
+_INT_VECTORS = {2: oiio.TypeVector2i, 3: oiio.TypeVector3i, 4: oiio.TypeBox2i}
+_FLOAT_VECTORS = {2: oiio.TypeFloat2, 3: oiio.TypeVector, 9: oiio.TypeMatrix33, 16: oiio.TypeMatrix44}
 
 
-def read_exr(path: str | os.PathLike[str]) -> Image:
+def read_exr(path: str | os.PathLike[str], fd: int | None = None) -> Image:
     """Part 0 of an EXR file as an `Image`; half stays float16, float stays float32.
 
     Files with channels of mixed pixel types, or with uint channels (object ids), come back
-    as float32 with the values unchanged.
+    as float32 with the values unchanged. `fd` is the file already opened (by the server's
+    path rules, which refuse a path that changed after its check): it is read through
+    `/proc/self/fd`, which no later change of `path` can redirect, and `path` only names it
+    in messages (Linux only).
     """
     shown = os.fspath(path)
-    _check_signature(shown)
+    source = shown if fd is None else f"/proc/self/fd/{fd}"
+    _check_signature(source, shown)
     try:
-        with _exr_name(Path(shown)) as name:
+        with _exr_name(Path(source)) as name:
             inp = oiio.ImageInput.open(name)
             if inp is None:
                 detail = _clean(_oiio_error(), name, shown)
@@ -92,13 +97,16 @@ def write_exr(
     compression: str = "zip",
     dtype: str | None = None,
     provenance: dict[str, Any] | None = None,
+    dir_fd: int | None = None,
 ) -> None:
     """Write `image` to `path` atomically, keeping its windows, pixel aspect and attributes.
 
     `dtype` is "half" (float16) or "float" (float32); None keeps the image's own type, with
     8- and 16-bit integer images (0..max meaning 0..1) written as half. `provenance` entries
     become string attributes named `cvgen:<key>` (non-strings JSON-encoded), so anyone reading
-    the frame can tell which op, parameters, seed and model made it.
+    the frame can tell which op, parameters, seed and model made it. With `dir_fd` (an open
+    folder: the server's checked output folder) the file goes into that folder, not wherever
+    `path`'s folder leads by now (`atomic_output`).
     """
     if compression not in WRITE_COMPRESSIONS:
         raise ValueError(
@@ -107,7 +115,7 @@ def write_exr(
         )
     spec = _write_spec(image, _write_type(image, dtype), compression, provenance or {})
     pixels = np.ascontiguousarray(image.pixels)
-    with atomic_output(path, ".exr") as tmp:
+    with atomic_output(path, ".exr", dir_fd) as tmp:
         out = oiio.ImageOutput.create("openexr")
         if out is None:
             raise OSError(f"cannot write {os.fspath(path)}: OpenImageIO has no OpenEXR writer ({_oiio_error()})")
@@ -136,10 +144,11 @@ def _write_errno(tmp: str) -> int | None:
     return None
 
 
-def _check_signature(path: str) -> None:
-    """Refuse missing files and non-EXR files up front, with a message an artist can act on."""
+def _check_signature(source: str, path: str) -> None:
+    """Refuse missing files and non-EXR files up front, with a message an artist can act on;
+    `source` is what is opened, `path` what the messages name."""
     try:
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             magic = f.read(4)
     except FileNotFoundError:
         raise InputError(f"cannot read {path}: no such file") from None
@@ -154,14 +163,16 @@ def _check_signature(path: str) -> None:
 @contextmanager
 def _exr_name(path: Path) -> Iterator[str]:
     """A name for `path` ending in .exr, so OpenImageIO uses its OpenEXR reader and reports
-    that reader's error (rather than "no format reader found") for odd extensions."""
+    that reader's error (rather than "no format reader found") for odd extensions. The link
+    points at `path` as given, never at what it resolves to now: `/proc/self/fd/N` must stay
+    the open file, not become its current name."""
     if path.suffix.lower() in _EXR_SUFFIXES:
         yield str(path)
         return
     with tempfile.TemporaryDirectory(prefix="cvgen-exr-") as folder:
         link = os.path.join(folder, "frame.exr")
         try:
-            os.symlink(path.resolve(), link)
+            os.symlink(os.path.abspath(path), link)
         except OSError:  # no symlinks (Windows without developer mode): read a copy
             shutil.copyfile(path, link)
         yield link
@@ -221,8 +232,9 @@ def _read_pixels(inp: oiio.ImageInput, spec: oiio.ImageSpec, name: str, shown: s
 
 
 def _attributes(spec: oiio.ImageSpec) -> dict[str, Any]:
-    """Header metadata as plain values (lists for tuples); attributes whose name or value is
-    not valid text are dropped rather than failing an otherwise good frame."""
+    """Header metadata as plain values (lists for tuples), as `metadata` keeps it: the file's
+    structure (compression, oiio:*, openexr:*, ...) and attributes whose name or value is not
+    valid text, or that a request could not send, are dropped rather than failing a good frame."""
     attributes: dict[str, Any] = {}
     params = spec.extra_attribs
     for index in range(len(params)):
@@ -230,13 +242,8 @@ def _attributes(spec: oiio.ImageSpec) -> dict[str, Any]:
             name, value = params[index].name, params[index].value
         except UnicodeError:
             continue
-        if name.startswith(_SKIP_PREFIXES) or name in _OWN_ATTRIBUTES:
-            continue
-        if isinstance(value, tuple):
-            value = list(value)
-        if isinstance(value, (str, int, float, list)):
-            attributes[name] = value
-    return attributes
+        attributes[name] = list(value) if isinstance(value, tuple) else value
+    return metadata(attributes)
 
 
 def _write_type(image: Image, dtype: str | None) -> str:
@@ -248,13 +255,16 @@ def _write_type(image: Image, dtype: str | None) -> str:
 
 
 def _write_spec(image: Image, pixel_type: str, compression: str, provenance: dict[str, Any]) -> oiio.ImageSpec:
+    """The file's layout comes from the pixels and the Image's fields alone; of `attributes`
+    only what `metadata` keeps is written, so a header field named in them (a data window
+    larger than the pixels, say, which would make OpenImageIO read past them) never is, even
+    for an Image that did not come through a request's checks."""
     spec = oiio.ImageSpec(image.width, image.height, len(image.channels), pixel_type)
     spec.x, spec.y = image.origin
     spec.full_x, spec.full_y, spec.full_width, spec.full_height = image.display or image.data_window
     spec.channelnames = image.channels
-    for name, value in image.attributes.items():
-        if not (name in _OWN_ATTRIBUTES or name.startswith("oiio:")):
-            _set_attribute(spec, name, value)
+    for name, value in metadata(image.attributes).items():
+        _set_attribute(spec, name, value)
     for key, value in provenance.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
         spec.attribute(f"cvgen:{key}", text)
@@ -264,41 +274,25 @@ def _write_spec(image: Image, pixel_type: str, compression: str, provenance: dic
 
 
 def _set_attribute(spec: oiio.ImageSpec, name: str, value: Any) -> None:
-    """Set an attribute with the EXR type its plain value implies; values that fit no EXR
-    type (dicts, huge ints, mixed lists) are kept as JSON text rather than lost."""
-    typed = _typed(name, value)
-    if typed is not None:
-        try:
-            spec.attribute(name, *typed)
-            return
-        except (TypeError, ValueError, OverflowError):
-            pass
-    spec.attribute(name, json.dumps(value, sort_keys=True, default=str))
-
-
-def _typed(name: str, value: Any) -> tuple[Any, ...] | None:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, numbers.Integral) and -(2**31) <= int(value) < 2**31:
-        return (int(value),)
-    if isinstance(value, numbers.Real):
-        return (float(value),)
-    if not isinstance(value, (list, tuple)) or not value:
-        return None
-    n = len(value)
-    if name in _TYPED_ATTRIBUTES:
-        return (_TYPED_ATTRIBUTES[name], tuple(value))
-    if all(isinstance(v, str) for v in value):
-        return (oiio.TypeDesc(f"string[{n}]"), tuple(value))
-    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
-        kind = {2: oiio.TypeVector2i, 3: oiio.TypeVector3i, 4: oiio.TypeBox2i}.get(n, oiio.TypeDesc(f"int[{n}]"))
-        return (kind, tuple(int(v) for v in value))
-    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-        kind = {2: oiio.TypeFloat2, 3: oiio.TypeVector, 9: oiio.TypeMatrix33, 16: oiio.TypeMatrix44}
-        return (kind.get(n, oiio.TypeDesc(f"float[{n}]")), tuple(float(v) for v in value))
-    return None
+    """Set a metadata attribute (one `metadata` keeps) with the EXR type its plain value implies:
+    true/false as text, whole numbers as int, real numbers as 32-bit float, lists as the EXR
+    vector, matrix or array type of their length (whole numbers in lists of 2 to 4 only); whole
+    numbers given for a standard attribute of real numbers as floats."""
+    if isinstance(value, bool):
+        spec.attribute(name, "true" if value else "false")
+    elif isinstance(value, (int, float)) and real_valued(name):
+        spec.attribute(name, float(value))
+    elif isinstance(value, (str, int, float)):
+        spec.attribute(name, value)
+    elif name.lower() in _TYPED_ATTRIBUTES:
+        spec.attribute(name, _TYPED_ATTRIBUTES[name.lower()], tuple(value))
+    elif all(isinstance(v, str) for v in value):
+        spec.attribute(name, oiio.TypeDesc(f"string[{len(value)}]"), tuple(value))
+    elif all(isinstance(v, int) for v in value) and len(value) in _INT_VECTORS and not real_valued(name):
+        spec.attribute(name, _INT_VECTORS[len(value)], tuple(value))
+    else:
+        kind = _FLOAT_VECTORS.get(len(value), oiio.TypeDesc(f"float[{len(value)}]"))
+        spec.attribute(name, kind, tuple(float(v) for v in value))
 
 
 def _oiio_error(source: oiio.ImageInput | None = None) -> str:
@@ -319,3 +313,21 @@ def _clean(text: str, name: str, shown: str) -> str:
     first = re.sub(r"^EXR Error \([^)]*\):\s*", "", lines[0])
     first = re.sub(r"^EXR_ERR_[A-Z_]+\s*", "", first)
     return first if len(first) <= 240 else first[:237] + "..."
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The `cvgen:*` attributes of a frame's header (keys without the prefix), without reading
+    its pixels; empty for a file cvgen did not write or cannot read."""
+    inp = oiio.ImageInput.open(os.fspath(path))
+    if inp is None:
+        _oiio_error()
+        return {}
+    try:
+        spec = inp.spec()
+        return {name[len("cvgen:"):]: str(spec.getattribute(name)) for name in
+                (p.name for p in spec.extra_attribs) if name.startswith("cvgen:")}
+    except (RuntimeError, UnicodeError, ValueError):
+        return {}
+    finally:
+        inp.close()
+

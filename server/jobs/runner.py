@@ -7,7 +7,9 @@ produce the same files from the same job.
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,12 +22,12 @@ from cvgen.protocol.limits import Limits
 from .. import __version__
 from ..errors import InputError
 from ..io.color import check_colorspace
-from ..io.exr import write_exr
+from ..io.exr import read_provenance, write_exr
 from ..ops import get_op
 from ..ops.base import OpContext, OpSpec
 from ..paths import PathPolicy
 from .shot import FileShot
-from .store import output_name
+from .store import output_name, temp_file_target
 
 
 @dataclass
@@ -98,6 +100,13 @@ def run_job(
     frame (default: the op's own number), so a chunk starts the way a full run reaches it.
     `paths` (the server's) is checked again for every input frame as it is read, and frames over
     the server's `limits` on resolution are refused.
+
+    Under `paths` the job is checked against the roots in force as it starts (they may have
+    narrowed since it was submitted), each input frame is opened by `PathPolicy.open_input_file`,
+    and the output folder is opened again from its root, following no symlink, for every frame
+    written: a handful of system calls next to seconds of work per frame, and a folder swapped
+    for a symlink in the middle of a job stops it at the next frame instead of the job writing on
+    into a folder that is no longer where its path leads.
     """
     cache = None
     if get_op(spec.op).uses_model:
@@ -120,10 +129,23 @@ def run_job(
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
         raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
-    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.check_input_file if paths else None, limits)
+    if paths is not None:
+        paths.check_spec(spec)
+    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.open_input_file if paths else None, limits)
     shot.check_complete()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in wanted if not (output_dir / output_name(spec, f)).exists()]
+    target = paths.output_folder(output_dir, named=bool(spec.output)) if paths is not None else None
+    if target is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        target.create()
+    with target.opened() if target is not None else nullcontext(None) as folder_fd:
+        present, taken = frames_in_folder(spec, output_dir, wanted, folder_fd)
+        remove_stale_temp_frames(spec, output_dir, wanted, folder_fd)
+    if taken:
+        raise InputError(f"{output_dir} holds {len(taken)} frame(s) this job would overwrite ({', '.join(taken[:3])}"
+                         f"{' ...' if len(taken) > 3 else ''}), written by another job or not by cvgen; "
+                         "move them away or render into another folder")
+    todo = [f for f in wanted if output_name(spec, f) not in present]
     if not todo:
         return []
     clock = ProgressClock(todo)
@@ -156,10 +178,63 @@ def run_job(
             raise InputError(f"op {spec.op} produced frame {frame}, which was not asked for")
         path = output_dir / output_name(spec, frame)
         image = replace(image, attributes={**image.attributes, **provenance})
-        write_exr(path, image)
+        if target is None:
+            write_exr(path, image)
+        else:
+            with target.opened() as folder:
+                write_exr(path, image, dir_fd=folder)
         written.append(frame)
         on_frame(frame, path, image)
     return written
+
+
+def frames_in_folder(spec: JobSpec, folder: Path, frames: Iterable[int] | None = None,
+                     folder_fd: int | None = None) -> tuple[set[str], list[str]]:
+    """The names of this job's frames in `folder` (read through `folder_fd` when the folder is
+    opened already), and those of them it did not write itself.
+
+    A frame counts as the job's own, and is skipped as done, only when its provenance names
+    this job (`cvgen:job`); frames of another job or of another tool are never taken for ours,
+    nor silently overwritten.
+    """
+    try:
+        present = {entry.name for entry in os.scandir(folder if folder_fd is None else folder_fd)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set(), []
+    names = [output_name(spec, f) for f in (spec.frame_numbers if frames is None else frames)]
+    ours = [n for n in names if n in present]
+    own = spec.job_id or ""
+    return set(ours), [n for n in ours if _provenance(folder, n, folder_fd).get("job") != own]
+
+
+def remove_stale_temp_frames(spec: JobSpec, folder: Path, frames: Iterable[int], folder_fd: int | None) -> None:
+    """Remove the hidden temp files a killed run left for `frames` (only those: farm chunks of
+    one job write into one folder at once)."""
+    names = {output_name(spec, f) for f in frames}
+    for entry in os.scandir(folder if folder_fd is None else folder_fd):
+        if entry.name.startswith(".") and temp_file_target(entry.name) in names and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.name if folder_fd is not None else folder / entry.name, dir_fd=folder_fd)
+            except FileNotFoundError:
+                pass
+
+
+def foreign_frames(spec: JobSpec, folder: Path) -> list[str]:
+    """The frames in `folder` this job would write that another job or tool wrote."""
+    return frames_in_folder(spec, folder)[1]
+
+
+def _provenance(folder: Path, name: str, folder_fd: int | None) -> dict[str, str]:
+    if folder_fd is None:
+        return read_provenance(folder / name)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+    except OSError:
+        return {}
+    try:
+        return read_provenance(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
 def _cache_dir() -> Path:

@@ -18,11 +18,13 @@ class FileShot:
     """Frames are read when an op asks for them, so a long shot never sits in memory at once."""
 
     def __init__(self, inputs: dict[str, str], frames: range, base: Path | None = None,
-                 check_file: Optional[Callable[[str, str], None]] = None, limits: Optional[Limits] = None) -> None:
-        """`check_file(role, path)` refuses a frame file before it is read (the server's path rules);
-        a frame over the server's `limits` on resolution is refused once read."""
+                 open_file: Optional[Callable[[str, str], Optional[int]]] = None,
+                 limits: Optional[Limits] = None) -> None:
+        """`open_file(role, path)` checks a frame file by the server's path rules and opens it, or
+        refuses it, before it is read; the frame is read from that descriptor (from `path` when it
+        returns None). A frame over the server's `limits` on resolution is refused once read."""
         self.frames = frames
-        self._check_file = check_file
+        self._open_file = open_file
         self._limits = limits
         self._inputs = {role: _resolve(path, base) for role, path in inputs.items()}
 
@@ -38,9 +40,12 @@ class FileShot:
         path = self.path(role, frame)
         if not os.path.exists(path):
             raise InputError(f"{role} frame {frame} is missing: {path} does not exist")
-        if self._check_file is not None:
-            self._check_file(role, path)
-        image = read_exr(path)
+        fd = self._open_file(role, path) if self._open_file is not None else None
+        try:
+            image = read_exr(path, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
         if self._limits is not None:
             self._limits.check_resolution(f"{role} frame {frame}", image.width, image.height)
         return image

@@ -9,11 +9,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.jobs import JobSpec, check_job_id
@@ -24,6 +25,11 @@ from cvgen.protocol.files import atomic_output
 #: Job states; the first two mean "not finished" and are resumed when the server restarts.
 UNFINISHED = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
+#: The client key that submitted a job (`auth.Requester.owner`), in its folder: not in the spec,
+#: which the client writes.
+OWNER_FILE = "owner.json"
+#: Folders of jobs being stored by a submit: hidden, and not valid job ids.
+_STAGING_PREFIX = ".submit-"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -83,15 +89,20 @@ class JobRecord:
         write_json_atomic(self.folder / "spec.json", self.spec.to_dict())
 
     def remove_stale_temp_files(self) -> None:
-        """Remove what a server killed mid-write left: the hidden temp files of `atomic_output`
-        for this job's state, staged inputs and frames (never a finished file). Called as the job
-        starts, when nothing else writes them."""
-        own = {"state.json", "spec.json", *(output_name(self.spec, f) for f in self.spec.frame_numbers)}
-        for folder in (self.folder, self.inputs_dir, self.output_dir):
+        """Remove what a server killed mid-write left in the job's folder: the hidden temp files of
+        `atomic_output` for its state and staged inputs (never a finished file). Called as the job
+        starts, when nothing else writes them; `run_job` does the same for the frames it writes,
+        through the output folder it opened."""
+        own = {"state.json", "spec.json"}
+        for folder in (self.folder, self.inputs_dir):
             for path in folder.glob(".*.tmp.*") if folder.is_dir() else ():
-                dest = path.name[1:].rpartition(".tmp.")[0].rpartition(".")[0]  # .NAME.<hex>.tmp.EXT
-                if dest in own or folder == self.inputs_dir:
+                if temp_file_target(path.name) in own or folder == self.inputs_dir:
                     path.unlink(missing_ok=True)
+
+
+def temp_file_target(name: str) -> str:
+    """The file a hidden temp file of `atomic_output` (`.NAME.<hex>.tmp.EXT`) was to become."""
+    return name[1:].rpartition(".tmp.")[0].rpartition(".")[0]
 
 
 class JobStore:
@@ -100,28 +111,87 @@ class JobStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._owners: dict[tuple[str, int], str] = {}
+        #: Creation time of every job, read from disk once and kept up to date by `listed` (by the
+        #: server's transport thread, once it has accepted a job), so listing jobs does not read
+        #: every job folder.
+        self._created: dict[str, float] | None = None
 
-    def create(self, spec: JobSpec) -> JobRecord:
+    def create(self, spec: JobSpec, prepare: Callable[[Path, Path], None] | None = None,
+               owner: str | None = None) -> JobRecord:
+        """Store a new job. The folder is filled under a hidden name and renamed into place last,
+        so a job folder either holds a complete job or does not exist (a crash or a full disk
+        midway leaves only a hidden folder, removed at the next start). `prepare(folder, final)`
+        adds files (staged inputs) to `folder`; paths it records must name `final`. `owner` is
+        the submitting client's key; without one, only admins see the job on a server with keys."""
         job_id = spec.job_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
         spec.job_id = job_id
         folder = self.root / check_job_id(job_id)
         if folder.exists():
             raise ProtocolError(f"job {job_id} already exists in {self.root}")
-        folder.mkdir(parents=True)
-        record = JobRecord(job_id, folder, spec)
-        record.save_spec()
-        record.set_state("queued")
-        return record
+        staging = self.root / f"{_STAGING_PREFIX}{job_id}.{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            if prepare is not None:
+                prepare(staging, folder)
+            if owner is not None:
+                write_json_atomic(staging / OWNER_FILE, {"owner": owner})
+            record = JobRecord(job_id, staging, spec)
+            record.save_spec()
+            record.set_state("queued")
+            os.rename(staging, folder)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ProtocolError(f"job {job_id} already exists in {self.root}") from None
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return JobRecord(job_id, folder, spec)
+
+    def remove_unfinished_submits(self) -> None:
+        """Remove the hidden folders of submits a killed server never finished storing (their
+        hosts never heard `accepted`)."""
+        for folder in self.root.glob(f"{_STAGING_PREFIX}*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def get(self, job_id: str) -> JobRecord:
         folder = self.root / check_job_id(job_id)
         try:
             spec = JobSpec.from_dict(json.loads((folder / "spec.json").read_text()))
         except FileNotFoundError:
-            raise NotFound(f"no job {job_id} in {self.root}") from None
+            raise self.no_job(job_id) from None
         except (OSError, ValueError) as exc:
             raise NotFound(f"job {job_id} in {self.root} has an unreadable spec: {exc}") from None
         return JobRecord(job_id, folder, spec)
+
+    def no_job(self, job_id: str) -> NotFound:
+        return NotFound(f"no job {job_id} in {self.root}")
+
+    def owner(self, job_id: str) -> str | None:
+        """Who submitted the job: None for a job without a readable owner (made before owners
+        were recorded) and for no job at all. A job's owner never changes, so it is read once per
+        job folder (a folder removed by hand and made again by another submit is read anew)."""
+        try:
+            folder = self.root / check_job_id(job_id)
+            key = (job_id, os.stat(folder).st_ino)
+            if key not in self._owners:
+                owner = json.loads((folder / OWNER_FILE).read_text())["owner"]
+                if not isinstance(owner, str):
+                    return None
+                self._owners[key] = owner
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return self._owners[key]
+
+    def job_at(self, path: Path) -> str | None:
+        """The name of the folder right under the jobs folder that holds `path` (resolved): a job
+        id, "" for the jobs folder itself, None for a path outside the jobs folder."""
+        if path != self.root and self.root not in path.parents:
+            return None
+        inside = path.relative_to(self.root).parts
+        return inside[0] if inside else ""
 
     def exists(self, job_id: str) -> bool:
         return (self.root / check_job_id(job_id) / "spec.json").exists()
@@ -134,4 +204,18 @@ class JobStore:
                 records.append(self.get(spec_file.parent.name))
             except (NotFound, ProtocolError):
                 continue
-        return sorted(records, key=lambda r: r.state().get("created", 0.0))
+        created = {r.job_id: r.state().get("created", 0.0) for r in records}
+        self._created = created
+        return sorted(records, key=lambda r: created[r.job_id])
+
+    def listed(self, job_id: str) -> None:
+        """List a job created since the listing was read (`create` runs on another thread)."""
+        if self._created is not None:
+            self._created.setdefault(job_id, time.time())
+
+    def ids(self) -> list[str]:
+        """Every job's id, oldest first, from memory after the first call."""
+        if self._created is None:
+            self.all()
+        created = self._created or {}
+        return sorted(created, key=created.__getitem__)

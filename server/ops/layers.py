@@ -41,7 +41,7 @@ class Layers:
 
     @property
     def grid(self) -> tuple[slice, slice]:
-        return _grid(self.step)
+        return _grid(self.step, self.plate.height, self.plate.width)
 
     def plate_rgb(self) -> np.ndarray:
         return np.stack([self.plate.channel(c)[self.grid] for c in RGB], axis=-1).astype(np.float32)
@@ -65,7 +65,7 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     step = max(1, math.ceil(max(plate.height, plate.width) / max_size)) if max_size else 1
     fg = shot.read("fg", frame).in_window(plate.data_window)
     _require_rgb(fg.channels, "fg")
-    grid = _grid(step)
+    grid = _grid(step, plate.height, plate.width)
     rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
     if shot.has("matte"):
         matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))[grid]
@@ -83,9 +83,11 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     return Layers(plate, step, rgb, matte)
 
 
-def _grid(step: int) -> tuple[slice, slice]:
-    """Every `step`-th pixel in both directions, from the middle of the first `step` x `step` block."""
-    return slice(step // 2, None, step), slice(step // 2, None, step)
+def _grid(step: int, height: int, width: int) -> tuple[slice, slice]:
+    """Every `step`-th pixel in both directions, from the middle of the first `step` x `step` block,
+    or of the frame's side where that is shorter than a block (a strip of 8x8192 pixels, say),
+    so every frame keeps at least one sample in each direction."""
+    return slice(min(step // 2, (height - 1) // 2), None, step), slice(min(step // 2, (width - 1) // 2), None, step)
 
 
 def check_layer_channels(channels: Mapping[str, Sequence[str]], roles: Collection[str]) -> None:
