@@ -104,7 +104,7 @@ class Hostile:
         started = time.monotonic()
         while self.left() > 0:
             msg = self.read(self.left())
-            # a request refused before it could be decoded is answered without a parent header
+            # a request refused at decode names its parent only when its header could be read
             if msg is not None and msg.parent_id in (msg_id, "") and msg.msg_type in until:
                 self.report.answered += 1
                 self.report.latencies_ms.append(1000 * (time.monotonic() - started))
