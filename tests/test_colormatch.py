@@ -72,19 +72,26 @@ def perturb(frames: np.ndarray, gains: tuple[float, float, float], stops: float)
     return (frames * np.array(gains, np.float32) * np.float32(2**stops)).astype(np.float32)
 
 
-def composite_shot(original: np.ndarray, fg: np.ndarray, matte: np.ndarray) -> MemoryShot:
-    """Plate = the original with garbage wherever the matte covers anything; separate fg and matte."""
+def composite_shot(
+    original: np.ndarray, fg: np.ndarray, matte: np.ndarray, fg_alpha: bool = False, matte_given: bool = True
+) -> MemoryShot:
+    """Plate = the original with garbage wherever the matte covers anything; the straight `fg`
+    sent as RGB (`fg_alpha` False) or as RGBA premultiplied by the matte as its alpha, with the
+    matte as a separate input when `matte_given`: the ways Nuke, Blender and scripts send them."""
     plate = original.copy()
     plate[:, matte > 0] = GARBAGE
     alpha = np.ones(matte.shape + (1,), np.float32)
     frames = range(FIRST, FIRST + len(original))
-    return MemoryShot(
-        {
-            "plate": {f: Image(np.concatenate([plate[i], alpha], -1), RGB + ("A",)) for i, f in enumerate(frames)},
-            "fg": {f: Image(fg[i], RGB) for i, f in enumerate(frames)},
-            "matte": {f: Image(matte, ("Y",)) for f in frames},
-        }
-    )
+    if fg_alpha:
+        fg = np.concatenate([fg * matte[..., None], np.broadcast_to(matte[..., None], fg.shape[:-1] + (1,))], -1)
+    channels = RGB + ("A",) if fg_alpha else RGB
+    layers = {
+        "plate": {f: Image(np.concatenate([plate[i], alpha], -1), RGB + ("A",)) for i, f in enumerate(frames)},
+        "fg": {f: Image(np.ascontiguousarray(fg[i], np.float32), channels) for i, f in enumerate(frames)},
+    }
+    if matte_given:
+        layers["matte"] = {f: Image(matte, ("Y",)) for f in frames}
+    return MemoryShot(layers)
 
 
 def render(shot: MemoryShot, todo: list[int] | None = None, **params: object) -> dict[int, Image]:
@@ -107,25 +114,47 @@ REGIONS = {
 }
 
 
+#: How the foreground arrives (fg with alpha, matte given): straight RGB plus a matte; RGBA
+#: premultiplied, its alpha the matte; RGBA premultiplied plus a matte (Nuke's node). An RGB fg
+#: with no matte is refused (`test_fg_without_alpha_or_matte_is_refused_clearly`).
+FORMS = {"rgb+matte": (False, True), "rgba": (True, False), "rgba+matte": (True, True)}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("region", REGIONS)
 @pytest.mark.parametrize(
     "name, gains, stops",
     [("warm+bright", (1.3, 1.0, 0.7), 0.8), ("cool+dark", (0.75, 0.95, 1.3), -0.8)],
 )
 def test_harmonisation_error_drops_on_real_footage(
-    shared_data: Path, region: str, name: str, gains: tuple[float, float, float], stops: float
+    shared_data: Path, region: str, form: str, name: str, gains: tuple[float, float, float], stops: float
 ) -> None:
     first, (cx, cy, rx, ry) = REGIONS[region]
     original = decode(shared_data, first, 12)
     matte, core = ellipse(original.shape[1:3], cx, cy, rx, ry)
-    shot = composite_shot(original, perturb(original, gains, stops), matte)
+    fg_alpha, matte_given = FORMS[form]
+    shot = composite_shot(original, perturb(original, gains, stops), matte, fg_alpha, matte_given)
     out = rgb(render(shot))
     before = float(np.mean((perturb(original, gains, stops)[:, core] - original[:, core]) ** 2))
     after = float(np.mean((out[:, core] - original[:, core]) ** 2))
-    print(f"fMSE before {before:.5f} after {after:.5f} ({region}, {name}, ratio {after / before:.3f})")
+    print(f"fMSE before {before:.5f} after {after:.5f} ({region}, {name}, {form}, ratio {after / before:.3f})")
     assert after < 0.5 * before
     clear = matte == 0
     assert np.array_equal(out[:, clear], original[:, clear])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_no_negative_values_from_non_negative_inputs(shared_data: Path, form: str) -> None:
+    """Darkening a foreground with black and near-black pixels (real footage, warmed and
+    brightened so the correction pulls it down) must not push any of them below zero."""
+    original = decode(shared_data, 0, 3)
+    assert original.min() >= 0
+    matte, _ = ellipse(original.shape[1:3], 256, 300, 120, 170)
+    fg = perturb(original, (1.3, 1.0, 0.7), 0.8)
+    fg[:, 280:300, 200:320] = 0  # a black stripe and a dark, saturated one inside the matte
+    fg[:, 300:320, 200:320] = np.array([1e-3, 0.0, 2e-4], np.float32)
+    out = rgb(render(composite_shot(original, fg, matte, *FORMS[form]), temporal=0.0))
+    assert out.min() >= 0, f"{int((out < 0).sum())} negative values, down to {out.min():.4f}"
 
 
 # Exactness outside the matte ----------------------------------------------------------------------

@@ -4,10 +4,11 @@ No weights and no GPU: this is the fast preview an artist gets in seconds, and t
 diffusion ops are measured against (the harmonisation error of `METHODS.md`). The method, in the
 steps the code below is numbered by:
 
-1. **Layers.** Per frame, the matte `M` (the `matte` input, else the foreground's alpha, whose
-   RGB is then premultiplied and gets unpremultiplied), the foreground `F` and the plate `B`, all
-   in the plate's data window. The composite model is `C = M * F + (1 - M) * B`.
-2. **Edge comparison**, in ACEScct, a log space where exposure and white balance are offsets.
+1. **Layers.** Per frame, the matte `M` (the `matte` input, else the foreground's alpha), the
+   foreground `F` (unpremultiplied by its alpha when it has one, matte given or not) and the
+   plate `B`, all in the plate's data window. The composite model is `C = M * F + (1 - M) * B`.
+2. **Edge comparison**, in ACEScct's log curve applied to the job's own RGB (its primaries kept),
+   a log space where exposure and white balance are offsets.
    Along the matte's edge, the local mean of the plate just outside (pixels with `M == 0`) minus
    the local mean of the foreground just inside (weighted by `M`) is what the foreground lacks
    there; its weighted median along the edge is the frame's offset. Light varies smoothly across
@@ -24,7 +25,9 @@ steps the code below is numbered by:
    correction does not flicker and a frame with little edge in view borrows its neighbours'.
 4. **Transfer**, in ACEScct: `F' = p + g * (F - p) + s * offset` with `p` the foreground's mean
    near the edge, `g = clamp(sd_b / sd_f, 1/MAX_GAIN, MAX_GAIN) ** (contrast * s)` from the
-   spreads of the two sides near the edge, and `s = strength`; then back to linear.
+   spreads of the two sides near the edge, and `s = strength`; applied as the linear gain per
+   channel this is, the toe's pixels taking the gain of the toe's top (`corrected`), so a
+   non-negative foreground stays non-negative.
 5. **Composite** in the plate's own scene-linear space with the matte feathered inward only:
    `out = M_f * F' + (1 - M_f) * B` where `M_f > 0`; every other pixel is the plate's, bit for bit.
 
@@ -48,6 +51,13 @@ from .base import OpContext, OpSpec, Param, Shot
 from .layers import REACH, Layers, check_layer_channels, blur, feathered, over_plate, read_layers
 
 LOG_SPACE = "ACEScct"
+#: The scene-linear space `LOG_SPACE` is a curve of (same primaries). Its curve is applied to the
+#: job's own RGB, without changing primaries: a gain per channel in other primaries (AP1 for a
+#: Rec.709 job) is a 3x3 matrix in the job's, and pushed saturated colours out of its gamut,
+#: below zero.
+LINEAR_SPACE = "ACEScg"
+#: Where ACEScct's toe ends: below this value the curve is affine in linear, not logarithmic.
+TOE_TOP = 0.155251141552511
 #: Longest side, in pixels, of the subsample the edge is compared on.
 STATS_SIZE = 256
 #: The plate may at most double or halve the foreground's contrast: flat sky next to a detailed
@@ -210,6 +220,21 @@ def transfer(x: np.ndarray, match: Match, strength: float, contrast: float) -> n
     return ((x - match.pivot) * gain + match.pivot + strength * match.offset).astype(np.float32)
 
 
+def corrected(fg: np.ndarray, match: Match, strength: float, contrast: float, to_log: ColorTransform) -> np.ndarray:
+    """Linear foreground colours `fg` (N, 3) moved by `transfer`, applied as a gain per channel of
+    the job's own RGB (`to_log` is the log curve on it), so no colour leaves the job's gamut.
+
+    Above ACEScct's toe the curve is a logarithm, so `transfer` is a gain there and this is exactly
+    it. In the toe the curve is affine: an offset there adds or removes light rather than scaling
+    it, and pulled black pixels below zero. Each pixel in the toe gets the gain of the toe's top
+    instead, so a non-negative colour stays non-negative and black stays black.
+    """
+    to_linear = to_log.inverse()
+    knee = np.maximum(to_log.apply(fg), np.float32(TOE_TOP))
+    gain = to_linear.apply(transfer(knee, match, strength, contrast)) / to_linear.apply(knee)
+    return (fg * gain).astype(np.float32)
+
+
 # 5. Composite ---------------------------------------------------------------------------------
 
 
@@ -223,7 +248,7 @@ def composite(
     mf = feathered(layers.matte, params["feather"])
     fg = layers.fg[mf > 0]
     if match is not None and len(fg):  # (OpenColorIO refuses an empty image)
-        fg = to_log.inverse().apply(transfer(to_log.apply(fg), match, params["strength"], params["contrast"]))
+        fg = corrected(fg, match, params["strength"], params["contrast"], to_log)
     return over_plate(layers, mf, fg)
 
 
@@ -237,7 +262,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
     so memory stays flat and a short farm chunk reads its window, not the whole shot.
     Progress: step 1 of 2 while measuring the window's frames, step 2 while compositing.
     """
-    to_log = ColorTransform(ctx.colorspace, LOG_SPACE)
+    to_log = ColorTransform(LINEAR_SPACE, LOG_SPACE)  # the curve alone, on the job's own primaries
     sigma = params["temporal"]
     reach = math.ceil(REACH * sigma)
     frames = shot.frames

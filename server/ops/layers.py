@@ -50,6 +50,11 @@ class Layers:
 def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     """Plate, straight foreground and matte of one frame, checked and placed in the plate's window.
 
+    One convention for every op: an fg with an alpha is premultiplied by it (the EXR, Nuke and
+    Blender convention), whether or not a matte is given, so it is always unpremultiplied (black
+    where the alpha is 0); the matte input, when given, says where the op works, else the alpha
+    does. Unpremultiplying only without a matte left a premultiplied fg darkened by its alpha.
+
     `max_size` keeps only every n-th pixel, at most `max_size` along the long side, before any
     per-pixel work: all the edge comparison needs. Point samples (rather than area averages) keep
     each pixel's own value, so the spread stays the image's and no plate sample mixes with pixels
@@ -67,12 +72,13 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     _require_rgb(fg.channels, "fg")
     grid = _grid(step, plate.height, plate.width)
     rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
-    if shot.has("matte"):
-        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))[grid]
-    elif fg.has("A"):
+    if fg.has("A"):
         alpha = fg.channel("A")[grid].astype(np.float32)
         covered = alpha > 0
         rgb = np.where(covered[..., None], rgb / np.where(covered, alpha, 1)[..., None], 0).astype(np.float32)
+    if shot.has("matte"):
+        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))[grid]
+    elif fg.has("A"):
         matte = alpha
     else:
         raise InputError(
