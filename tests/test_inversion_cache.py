@@ -45,3 +45,18 @@ def test_no_folder_means_no_cache(model):
     key = cache.key(np.zeros((3, 8, 8), np.float32), model, 4, 2)
     cache.save(key, [torch.zeros(1)])
     assert cache.load(key, "cpu") is None
+
+
+def test_entries_written_on_another_device_type_are_a_miss(tmp_path, model):
+    """GPU kernels invert to slightly different latents than the CPU: a GPU entry must not stand in
+    for a CPU inversion (or the other way round)."""
+    from dataclasses import replace
+
+    cache = InversionCache(tmp_path)
+    image = np.zeros((3, 8, 8), np.float32)
+    on_gpu = replace(model, device=torch.device("cuda", 1))
+    cache.save(cache.key(image, on_gpu, 4, 2), [torch.ones(1, 4, 1, 1), torch.ones(1, 4, 1, 1)])
+    assert cache.load(cache.key(image, model, 4, 2), "cpu") is None
+    keys = {cache.key(image, replace(model, device=torch.device(d)), 4, 2) for d in ("cpu", "cuda", "mps")}
+    assert len(keys) == 3
+    assert cache.key(image, on_gpu, 4, 2) == cache.key(image, replace(model, device=torch.device("cuda", 0)), 4, 2)

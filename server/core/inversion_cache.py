@@ -26,11 +26,16 @@ class InversionCache:
         self.folder = folder / "inversion" if folder is not None else None
 
     def key(self, image: np.ndarray, model: Any, steps: int, k: int) -> str:
-        """Digest of the model-space frame, the weights, the schedule and the numeric type."""
+        """Digest of the model-space frame, the weights, the schedule, the numeric type and the device type.
+
+        The device type is in because GPU and CPU kernels invert to slightly different latents: a
+        CPU render reading a GPU entry would differ from a fresh CPU one. The GPU index is not, as
+        one machine's GPUs share the kernels and so the entries.
+        """
         h = hashlib.sha256(np.ascontiguousarray(image).tobytes())
         h.update(json.dumps({
             "v": CACHE_VERSION, "shape": list(image.shape), "model": model.fingerprint, "steps": steps, "k": k,
-            "dtype": str(model.dtype), "scheduler": dict(model.scheduler.config),
+            "dtype": str(model.dtype), "device": model.device.type, "scheduler": dict(model.scheduler.config),
         }, sort_keys=True, default=str).encode())
         return h.hexdigest()
 

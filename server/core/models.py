@@ -381,10 +381,19 @@ def _broken(name: str, path: Path, why: str, cause: Exception | None = None) -> 
 
 
 def _ddim(config: Any, prediction_type: str | None) -> DDIMScheduler:
-    """Every op samples and inverts with DDIM, built from the model's own noise schedule."""
+    """Every op samples and inverts with DDIM, built from the model's own noise schedule.
+
+    Folders ship older configs (Stable Diffusion 1.4's is PNDM's, with no `clip_sample`, which
+    DDIM defaults to on): clamping or thresholding the predicted clean latent is meant for pixel
+    models, changes every step and cannot be inverted, so both are off whatever the config says.
+    `steps_offset` is 1 as diffusers' Stable Diffusion pipelines make it for every config (the
+    oldest lack it, and DDIM's default 0 shifts every timestep), so our steps are diffusers' steps.
+    """
     from diffusers import DDIMScheduler
 
-    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    overrides: dict[str, Any] = {"clip_sample": False, "thresholding": False, "steps_offset": 1}
+    if prediction_type:
+        overrides["prediction_type"] = prediction_type
     return DDIMScheduler.from_config(config, **overrides)
 
 
