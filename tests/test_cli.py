@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import OpenImageIO as oiio
+import pytest
 
 from cvgen.server.io.exr import read_exr
 
@@ -82,3 +84,20 @@ def test_models_check_names_what_is_wrong(tmp_path):
     broken.write_text(f'[models.gone]\npath = "{tmp_path / "no-such-model"}"\n')
     result = cvgen("models", "--models", str(broken), "check", "gone")
     assert result.returncode == 1 and "no-such-model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".exr", ".png"])
+def test_import_refuses_image_files_and_writes_nothing(tmp_path, suffix):
+    """An EXR given to import used to come out clipped to 1 and linearised twice; image files
+    (an EXR or a PNG sequence) are not converted at all, and nothing is written."""
+    source = tmp_path / f"plate.1001{suffix}"
+    pixels = np.full((8, 8, 3), 0.75 if suffix == ".png" else 2.5, np.float32)
+    out = oiio.ImageOutput.create(str(source))
+    assert out.open(str(source), oiio.ImageSpec(8, 8, 3, "half" if suffix == ".exr" else "uint8"))
+    assert out.write_image(pixels) and out.close()
+    before = source.read_bytes()
+    result = cvgen("import", str(source), str(tmp_path / "out" / "x.####.exr"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert str(source) in result.stderr and "video" in result.stderr
+    assert "no import" in result.stderr
+    assert not (tmp_path / "out").exists() and source.read_bytes() == before

@@ -74,7 +74,22 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise InputError(f"cannot read video {shown}: it has no video stream")
+    if _is_still_image(container):
+        kind = container.streams.video[0].codec_context.name.upper()
+        container.close()
+        raise InputError(
+            f"cannot import {shown}: it is an image ({kind}), not a video; import converts video files (.mp4, .mov)"
+            " to scene-linear EXR sequences, and EXR sequences need no import: give the sequence to the job"
+            " as it is (other image sequences: convert them to EXR in your compositor)"
+        )
     return container
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg opens single images (EXR, PNG, DPX, ...) as one-frame videos; decoding an EXR
+    that way clips it to 1 and treats its linear values as sRGB, so images are refused."""
+    name = container.format.name
+    return name in ("image2", "image2pipe") or name.endswith("_pipe")
 
 
 def _frames(
