@@ -28,7 +28,8 @@ latent (exactly, for a noise model that depends on t only):
   "v_prediction": e = sqrt(a) * v + sqrt(1 - a) * z;  "sample": e = (z - sqrt(a) * x0) / sqrt(1 - a).
   (`DDIMInverseScheduler` converts v with the lower level's alpha instead.) This keeps the round
   trip exact with v-models too, for a model whose noise prediction depends on t only.
-- `clip_sample` / `thresholding` cannot be inverted and are ignored here (SD configs have them off).
+- `clip_sample` / `thresholding` cannot be inverted and are ignored here: the model loader turns
+  them off whatever a folder's scheduler config says (`models._ddim`), as diffusers does.
 """
 
 from __future__ import annotations
