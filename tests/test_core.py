@@ -18,7 +18,7 @@ from cvgen.server.core.attention import (
 )
 from cvgen.server.core.inversion import ddim_invert, sampling_timesteps, unet_eps
 from cvgen.server.core.latents import Padding, crop, decode, encode, pad_to_multiple
-from cvgen.server.core.mattes import binarize, dilate, to_grid
+from cvgen.server.core.mattes import binarize, dilate, latent_grid, to_grid
 from cvgen.server.core.sampling import ddim_sample, frame_generator, guided_eps
 from diffusers import (
     AutoencoderKL,
@@ -497,3 +497,58 @@ def test_binarize_and_dilate() -> None:
     edge = torch.zeros(1, 1, 4, 4)
     edge[..., 0, 0] = 1.0
     assert dilate(edge).sum() == 4  # no wrap-around at the border
+
+
+def _odd_matte(height: int, width: int) -> torch.Tensor:
+    """A soft disk and a slanted edge: boundaries cross latent cells at every offset."""
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                          indexing="ij")
+    disk = (0.3 * height - ((y - 0.45 * height) ** 2 + (x - 0.4 * width) ** 2).sqrt()).clamp(0, 1)
+    slant = ((x - 0.7 * width) + 0.3 * (y - height)).clamp(0, 1)
+    return torch.maximum(disk, slant).float()[None, None]
+
+
+def _reference_grid(matte: torch.Tensor, scale: int) -> torch.Tensor:
+    """Each latent cell's mean over the 8x8 pixels it encodes, the image edge-replicated to a multiple."""
+    height, width = matte.shape[-2:]
+    rows = torch.arange(-(-height // scale) * scale).clamp(max=height - 1)
+    cols = torch.arange(-(-width // scale) * scale).clamp(max=width - 1)
+    padded = matte[..., rows[:, None], cols[None, :]].double()
+    h, w = padded.shape[-2] // scale, padded.shape[-1] // scale
+    return padded.reshape(1, 1, h, scale, w, scale).mean(dim=(3, 5))
+
+
+@pytest.mark.parametrize("width, height", [(2048, 858), (1998, 1080), (53, 37)])
+def test_latent_matte_lines_up_with_the_padded_latents(width, height) -> None:
+    """The latents of an odd-sized plate come from its padded image; its matte must be padded the same way."""
+    matte = _odd_matte(height, width)
+    _, padding = pad_to_multiple(torch.zeros(1, 3, height, width), 8)
+    ours = latent_grid(matte, padding, 8)
+    reference = _reference_grid(matte, 8)
+    flipped = int((binarize(ours) != binarize(reference.float())).sum())
+    print(f"{width}x{height}: {flipped} latent cells differ from the reference")
+    assert flipped == 0
+    torch.testing.assert_close(ours.double(), reference, atol=1e-6, rtol=0)
+
+
+# -- step counts -------------------------------------------------------------------------------
+
+def test_strength_gives_diffusers_img2img_step_count(scheduler) -> None:
+    """Every (steps, strength) pair inverts and regenerates as many steps as diffusers' img2img runs."""
+    from types import SimpleNamespace
+
+    from cvgen.server.ops.harmonize import inversion_depth
+
+    strengths = [i / 100 for i in range(101)] + [0.55, 0.35, 0.45, 0.15, 0.85]
+    disagree = []
+    for steps in range(1, 101):
+        pipe = SimpleNamespace(scheduler=DDIMScheduler.from_config(scheduler.config))
+        pipe.scheduler.set_timesteps(steps)
+        for strength in strengths:
+            _, theirs = StableDiffusionImg2ImgPipeline.get_timesteps(pipe, steps, strength, "cpu")
+            if theirs < 1:
+                continue
+            if inversion_depth({"steps": steps, "strength": strength}) != theirs:
+                disagree.append((steps, strength))
+    print(f"{len(disagree)} (steps, strength) pairs disagree with diffusers: {disagree[:5]}")
+    assert disagree == []

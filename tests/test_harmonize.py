@@ -11,10 +11,11 @@ from support import ServerProcess, make_shot
 from cvgen.protocol import JobSpec, ProtocolError, ServerError, frame_path
 from cvgen.protocol.client import Client, Done
 from cvgen.server.core.models import ModelCache, ModelRegistry
+from cvgen.server.core.sampling import steps_for
 from cvgen.server.errors import Cancelled, InputError
 from cvgen.server.io.exr import read_exr
 from cvgen.server.jobs.runner import run_job
-from cvgen.server.ops.harmonize import OP, Harmonizer
+from cvgen.server.ops.harmonize import OP, Harmonizer, frames_to_render
 
 FAST = {"steps": 4, "strength": 0.5, "guidance": 5.0}
 
@@ -114,7 +115,7 @@ def test_a_new_prompt_reuses_the_inversion(models, tmp_path, monkeypatch):
         second = calls.count
     finally:
         calls.close()
-    k = round(FAST["strength"] * FAST["steps"])
+    k = steps_for(FAST["strength"], FAST["steps"])
     generation = 3 * k  # one guided (batched) call per step and frame
     print(f"UNet calls: first render {first}, second render with a new prompt {second}")
     assert second == generation
@@ -185,3 +186,64 @@ def test_a_render_from_cached_inversions_is_bit_identical_to_the_first(models, t
     assert any((tmp_path / "cache" / "inversion").iterdir())
     for f in first:
         assert np.array_equal(first[f].pixels.view(np.uint16), again[f].pixels.view(np.uint16))
+
+
+def test_warm_up_comes_before_every_run_of_missing_frames():
+    class Shot:
+        frames = range(1, 11)
+
+    order = frames_to_render(Shot(), [1, 5, 6, 9], params(tau=0.6), warmup=2)
+    assert order == [1, 3, 4, 5, 6, 7, 8, 9]
+    assert frames_to_render(Shot(), [1, 5, 6, 9], params(tau=0.0), warmup=2) == [1, 5, 6, 9]
+
+
+def test_a_resume_with_gaps_equals_a_full_run(models, tmp_path, monkeypatch):
+    """Frame 2 on disk, frames 1 and 3 missing: frame 3 must attend to frame 2, as in a full run."""
+    # one frame per VAE batch, so that batching (which moves the encoder's float rounding) is alike in every run
+    monkeypatch.setattr("cvgen.server.ops.harmonize._batch_size", lambda device: 1)
+    shot = make_shot(tmp_path / "shot", range(1, 6))
+    spec = JobSpec("harmonize", (1, 5), shot, params=FAST, name="h", job_id="j1")
+    run_job(spec, tmp_path / "h", models=models)
+    full = {f: read_exr(tmp_path / "h" / f"h.{f:04d}.exr") for f in range(1, 6)}
+    gapped = tmp_path / "gapped"
+    gapped.mkdir()
+    (gapped / "h.0002.exr").write_bytes((tmp_path / "h" / "h.0002.exr").read_bytes())
+    assert run_job(spec, gapped, models=models, frames=range(1, 4)) == [1, 3]
+    for f in (1, 3):
+        assert np.array_equal(read_exr(gapped / f"h.{f:04d}.exr").pixels.view(np.uint16),
+                              full[f].pixels.view(np.uint16)), f"frame {f}"
+    # a run that resumes further on warms up from a clean start, whatever else it renders
+    wide_gap = tmp_path / "wide_gap"
+    wide_gap.mkdir()
+    for f in (2, 3, 4):
+        (wide_gap / f"h.{f:04d}.exr").write_bytes((tmp_path / "h" / f"h.{f:04d}.exr").read_bytes())
+    alone = tmp_path / "alone"
+    run_job(spec, alone, models=models, frames=[5])
+    assert run_job(spec, wide_gap, models=models) == [1, 5]
+    assert np.array_equal(read_exr(wide_gap / "h.0005.exr").pixels.view(np.uint16),
+                          read_exr(alone / "h.0005.exr").pixels.view(np.uint16))
+
+
+@pytest.mark.parametrize("steps, strength", [(10, 0.5), (20, 0.5), (7, 1.0), (3, 1.0)])
+def test_tau_and_tau_b_round_a_fraction_of_the_steps_alike(models, monkeypatch, steps, strength):
+    """At k = 5, tau = tau_b = 0.5 must gate the same number of steps (once 3 and 2)."""
+    from cvgen.server.ops.harmonize import FrameGuide
+
+    counts = []
+
+    def fake_sample(eps, scheduler, start, timesteps, on_step=None, after_step=None, *, steps=None):
+        ifa, blend = 0, 0
+        for i in range(len(timesteps)):
+            on_step(i, len(timesteps))
+            ifa += h.ifa._active()
+            blend += bool(torch.equal(after_step(i, torch.ones(1, 4, 8, 8)), torch.zeros(1, 4, 8, 8)))
+        counts.append((ifa, blend))
+        return start
+
+    monkeypatch.setattr("cvgen.server.core.sampling.ddim_sample", fake_sample)
+    for fraction in [i / 10 for i in range(11)]:
+        h = Harmonizer(models.get("tiny"), params(steps=steps, strength=strength, tau=fraction, tau_b=fraction), None)
+        zeros = torch.zeros(1, 4, 8, 8)
+        h.generate(zeros, lambda i, n: None, FrameGuide(zeros, [zeros] * h.k, torch.zeros(1, 1, 8, 8)))
+        ifa, blend = counts[-1]
+        assert ifa == blend == int(h.k * fraction), (h.k, fraction, ifa, blend)

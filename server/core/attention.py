@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .mattes import binarize, to_grid
+from .sampling import steps_for
 
 AttnProcessor = Any  # a diffusers attention processor: callable(attn, hidden_states, ...)
 
@@ -66,7 +67,8 @@ class InterFrameAttention:
     fraction of generation steps; frame 0 plain; cache holds one frame.
 
     Use per frame: `begin_frame(matte, steps)`, then `set_step(i)` before each step's UNet call,
-    then `end_frame()`. Step i is active when i < tau * steps: the layer records this frame's
+    then `end_frame()`. Step i is active when i < `steps_for(tau, steps)` (the step rule every op
+    shares, sampling.py): the layer records this frame's
     foreground K (after `to_k`) and V, and, if frame i-1 recorded any at this layer and step,
     attends over [own tokens, frame i-1's foreground tokens]. Otherwise attention is plain and
     bit-identical to diffusers' `AttnProcessor2_0`. With a CFG batch [uncond, cond] each element is
@@ -85,6 +87,7 @@ class InterFrameAttention:
         self._matte: torch.Tensor | None = None
         self._tokens: dict[tuple[int, int], torch.Tensor] = {}
         self._steps = 0
+        self._active_steps = 0
         self._step: int | None = None
 
     def processor(self, name: str) -> AttnProcessor:
@@ -100,6 +103,7 @@ class InterFrameAttention:
         self._matte = matte.detach().float()
         self._tokens = {}
         self._steps = int(steps)
+        self._active_steps = steps_for(self.tau, self._steps)
         self._step = None
         self._current = {}  # an unfinished frame (cancelled) leaves nothing behind
 
@@ -134,7 +138,7 @@ class InterFrameAttention:
     # -- used by the processors --------------------------------------------------------------
 
     def _active(self) -> bool:
-        return self._matte is not None and self._step is not None and self._step < self.tau * self._steps
+        return self._matte is not None and self._step is not None and self._step < self._active_steps
 
     def _foreground(self, seq_len: int, device: torch.device) -> torch.Tensor:
         assert self._matte is not None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .latents import Padding
+
 
 def _check(matte: torch.Tensor) -> None:
     if matte.ndim != 4 or matte.shape[1] != 1:
@@ -31,6 +33,26 @@ def to_grid(matte: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(matte.shape[-2:]) == (h, w):
         return matte
     return F.adaptive_avg_pool2d(matte, (h, w))
+
+
+def latent_grid(matte: torch.Tensor, padding: Padding, scale: int) -> torch.Tensor:
+    """`matte` on the latent grid of an image that `latents.encode` padded by `padding`.
+
+    The latents of an odd-sized plate come from its edge-replicated padded image, so the matte is
+    padded the same way before each `scale` x `scale` block is averaged: resizing the unpadded
+    matte to the latent grid would stretch it and shift its edge by up to a cell.
+    """
+    _check(matte)
+    if scale < 1:
+        raise ValueError(f"scale must be at least 1 but is {scale}")
+    if not matte.is_floating_point():
+        matte = matte.float()
+    if padding.top or padding.bottom or padding.left or padding.right:
+        matte = F.pad(matte, (padding.left, padding.right, padding.top, padding.bottom), mode="replicate")
+    height, width = matte.shape[-2:]
+    if height % scale or width % scale:
+        raise ValueError(f"a padded {width}x{height} matte is not a multiple of {scale}")
+    return F.avg_pool2d(matte, scale) if scale > 1 else matte
 
 
 def binarize(matte: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

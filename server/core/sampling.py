@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from diffusers import DDIMScheduler
 
 
+def steps_for(fraction: float, steps: int) -> int:
+    """The whole number of `steps` that `fraction` of them stands for, the same rule for every op.
+
+    Truncated, `min(int(steps * fraction), steps)`, exactly as diffusers' img2img turns `strength`
+    into its step count, so a strength runs the steps it runs there; the tau gates use it too,
+    so tau = tau_b gate the same steps. Written as diffusers writes it (steps * fraction, not
+    fraction * steps) so float rounding agrees as well.
+    """
+    return min(int(steps * fraction), steps)
+
+
 def guided_eps(unet, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> EpsFn:
     """Classifier-free guidance exactly as `StableDiffusionPipeline` applies it, no grad.
 

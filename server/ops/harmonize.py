@@ -4,8 +4,9 @@ Makes a composited foreground belong in its plate, frame after frame, with a pre
 Diffusion model (METHODS.md, "1. harmonize"). Per frame i, in shot order:
 
 1. **Layers.** Plate `B`, straight foreground `F`, matte `M`; composite `C = M * F + (1 - M) * B`,
-   converted from the shot's scene-linear space to the model's display-referred sRGB.
-2. **Balanced Partial Inversion.** Encode `C`; DDIM-invert it for `k = round(strength * steps)`
+   converted from the shot's scene-linear space to the model's display-referred sRGB, highlights
+   rolled off into it and restored after decoding (`highlights`, server/core/highlights.py).
+2. **Balanced Partial Inversion.** Encode `C`; DDIM-invert it for `k = int(steps * strength)`
    of the `steps` steps with the empty prompt (cached on disk: a new prompt reuses it). Frames
    are encoded and inverted in batches before the sequential generation.
 3. **Generation** from the inverted latent over the remaining `k` sampling steps, with
@@ -17,6 +18,19 @@ Diffusion model (METHODS.md, "1. harmonize"). Per frame i, in shot order:
 6. **Background replacement** in linear light: decode, convert back to the shot's space, and put
    the result over the plate with the matte feathered inward, so pixels outside the matte are
    the plate's, bit for bit.
+
+**Step counts.** Every fraction of a step count becomes whole steps by one rule shared by every op
+(`core.sampling.steps_for`): truncated, `int(n * fraction)` capped at n, as diffusers' img2img
+computes its steps from `strength`. So `k = int(steps * strength)` (25 steps at strength 0.55
+regenerate the last 13, as in diffusers), and the blend and IFA run for the first
+`int(k * tau_b)` and `int(k * tau)` steps: equal fractions gate equal steps.
+
+**Resuming.** A resumed job or a farm chunk renders, and discards, `warmup` frames (2 by default)
+before every run of missing frames, so inter-frame attention reaches each run close to where a
+full run has it. The first warm-up frame starts plain instead of attending to its predecessor,
+so a resumed frame may differ from a full run's by up to about 5e-4 (measured after kill -9 with
+the default warm-up); where the frame before a run is rendered as well (a gap no wider than the
+warm-up), the run matches a full run, up to the float rounding of a different VAE batch.
 """
 
 from __future__ import annotations
@@ -29,14 +43,11 @@ import numpy as np
 from cvgen.protocol.images import Image
 
 from ..errors import InputError
-from ..io.color import ColorTransform
+from ..core.highlights import PARAM as HIGHLIGHTS, ModelColor
 from .base import OpContext, OpSpec, Param, Shot
 from .layers import Layers, check_layer_channels, feathered, over_plate, read_layers
 
 StepFn = Callable[[int, int], None]
-
-#: The display-referred space Stable Diffusion models were trained on.
-MODEL_SPACE = "sRGB Encoded Rec.709 (sRGB)"
 
 PARAMS = (
     Param("prompt", "str", "", "what the result should look like (may be empty)"),
@@ -53,6 +64,7 @@ PARAMS = (
           "frame's foreground (0: off)", 0.0, 1.0),
     Param("feather", "float", 3.0, "softens the matte's edge by about this many pixels, inward only", 0.0, 64.0),
     Param("replace_background", "bool", True, "put the result over the untouched plate outside the matte"),
+    HIGHLIGHTS,
 )
 
 
@@ -62,7 +74,9 @@ def _batch_size(device: Any) -> int:
 
 
 def inversion_depth(params: dict[str, Any]) -> int:
-    k = round(params["strength"] * params["steps"])
+    from ..core.sampling import steps_for
+
+    k = steps_for(params["strength"], params["steps"])
     if k < 1:
         raise InputError(
             f"strength {params['strength']} of {params['steps']} steps inverts no step at all; "
@@ -74,11 +88,15 @@ def inversion_depth(params: dict[str, Any]) -> int:
 # 1. Layers ------------------------------------------------------------------------------------
 
 
-def model_input(layers: Layers, to_model: ColorTransform) -> np.ndarray:
-    """The composite in the model's space as (3, H, W) in [-1, 1]; HDR and NaN are clipped here only."""
+def composite(layers: Layers) -> np.ndarray:
+    """The foreground over the plate by the matte, scene-linear, the plate's NaN and inf made finite."""
     m = layers.matte[..., None]
-    comp = m * layers.fg + (1 - m) * np.nan_to_num(layers.plate_rgb(), nan=0.0, posinf=1.0, neginf=0.0)
-    display = np.clip(np.nan_to_num(to_model.apply(comp), nan=0.0), 0.0, 1.0)
+    return m * layers.fg + (1 - m) * np.nan_to_num(layers.plate_rgb(), nan=0.0, posinf=1.0, neginf=0.0)
+
+
+def model_input(layers: Layers, color: ModelColor) -> np.ndarray:
+    """The composite in the model's space as (3, H, W) in [-1, 1]; HDR compressed or clipped, NaN zeroed."""
+    display = color.to_model(composite(layers))
     return (display * 2 - 1).transpose(2, 0, 1).astype(np.float32)
 
 
@@ -145,14 +163,14 @@ class Harmonizer:
         from ..core.attention import self_attention_processors
         from ..core.inversion import sampling_timesteps
         from ..core.mattes import binarize, dilate
-        from ..core.sampling import ddim_sample, guided_eps
+        from ..core.sampling import ddim_sample, guided_eps, steps_for
 
         k = self.k
         timesteps = sampling_timesteps(self.model.scheduler, self.steps)[self.steps - k :]
         eps = guided_eps(self.model.unet, self.cond, self.uncond, self.params["guidance"])
         if guide is None:
             return ddim_sample(eps, self.model.scheduler, start, timesteps, on_step, steps=self.steps)
-        blend_steps = round(self.params["tau_b"] * k)
+        blend_steps = steps_for(self.params["tau_b"], k)
         keep = dilate(binarize(guide.matte), 1)
 
         def blend_background(i: int, z: Any) -> Any:
@@ -185,28 +203,42 @@ class Harmonizer:
 
 
 def frames_to_render(shot: Shot, todo: list[int], params: dict[str, Any], warmup: int) -> list[int]:
-    """`todo` plus, with IFA on, up to `warmup` frames of the shot before its first one (rendered,
-    never written), so a resumed shot or a farm chunk starts with attention state close to what
-    a full run's first frame of it sees, and the seam does not jump."""
+    """`todo` plus, with IFA on, up to `warmup` frames of the shot before each run of missing
+    frames (rendered, never written), in shot order: a resumed shot, a farm chunk or a resume with
+    gaps starts every run with attention state close to what a full run reaches there, and the
+    seam does not jump. Where the frame before a run is rendered too, the run continues exactly
+    as a full run does."""
     if params["tau"] <= 0:
         return list(todo)
     frames = list(shot.frames)
-    first = frames.index(todo[0])
-    return [f for f in frames[max(0, first - warmup) : first] if f not in todo] + list(todo)
+    wanted = set(todo)
+    order: list[int] = []
+    for index, frame in enumerate(frames):
+        if frame in wanted:
+            order += [f for f in frames[max(0, index - warmup) : index] if f not in order[-warmup:]] + [frame]
+    return order
+
+
+def _follows(shot: Shot, previous: int | None, frame: int) -> bool:
+    """Whether `frame` comes right after `previous` in the shot (IFA may carry over between them)."""
+    frames = list(shot.frames)
+    return previous is not None and frames.index(frame) == frames.index(previous) + 1
 
 
 def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[int, Image]]:
     import torch
 
     from ..core.inversion_cache import InversionCache
-    from ..core.mattes import to_grid
+    from ..core.latents import vae_scale_factor
+    from ..core.mattes import latent_grid
 
     model = ctx.model(params["model"])
-    to_model = ColorTransform(ctx.colorspace, MODEL_SPACE)
+    color = ModelColor(ctx.colorspace, params["highlights"])
     h = Harmonizer(model, params, InversionCache(ctx.cache_dir))
     k = h.k
     order = frames_to_render(shot, ctx.todo, params, ctx.warmup)
     batch = _batch_size(model.device)
+    previous = None
     with torch.no_grad():
         for start in range(0, len(order), batch):
             chunk = order[start : start + batch]
@@ -214,17 +246,21 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
             sizes = {lay.plate.pixels.shape[:2] for lay in layers}
             if len(sizes) > 1:
                 raise InputError(f"plate frames {chunk[0]}-{chunk[-1]} change size ({sorted(sizes)}); a shot has one size")
-            images = np.stack([model_input(lay, to_model) for lay in layers])
+            images = np.stack([model_input(lay, color) for lay in layers])
             z0, padding = h.encode(images)
             inverted = h.invert(images, z0, lambda i, n, f=chunk[0]: ctx.step(f, i, 2 * k))
             for j, frame in enumerate(chunk):
+                if not _follows(shot, previous, frame):  # a new run starts plain, as frame 1 does
+                    h.ifa.reset()
+                previous = frame
                 lay = layers[j]
                 matte = torch.from_numpy(lay.matte)[None, None].to(model.device, model.dtype)
-                guide = FrameGuide(z0[j : j + 1], inverted[j], to_grid(matte, tuple(z0.shape[-2:])))
+                grid = latent_grid(matte, padding, vae_scale_factor(model.vae))
+                guide = FrameGuide(z0[j : j + 1], inverted[j], grid)
                 z = h.generate(inverted[j][-1], lambda i, n, f=frame: ctx.step(f, k + i, 2 * k), guide)
                 if frame not in ctx.todo:
                     continue
-                generated = to_model.inverse().apply(h.decode(z, padding))
+                generated = color.from_model(h.decode(z, padding), color.peak(composite(lay)))
                 if params["replace_background"]:
                     mf = feathered(lay.matte, params["feather"])
                     yield frame, over_plate(lay, mf, generated[mf > 0])
