@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from cvgen.protocol.images import Image, check_attributes
 from cvgen.server.errors import InputError
 from cvgen.protocol.files import atomic_output
-from cvgen.server.io.exr import MAX_SIDE, WRITE_COMPRESSIONS, read_exr, write_exr
+from cvgen.server.jobs.shot import FileShot
+from cvgen.server.io.exr import MAX_SIDE, WRITE_COMPRESSIONS, check_exr_header, read_exr, write_exr
 
 EXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "exr"
 
@@ -93,13 +95,76 @@ def test_singlepart_multichannel_stereo_file() -> None:
     assert image.attributes["multiView"] == ["right", "left"]
 
 
-def test_multipart_file_reads_part_zero() -> None:
-    image = read_exr(EXR / "Beachball" / "multipart.0001.exr")
-    assert image.channels == ("R", "G", "B", "A")
-    assert image.pixels.shape == (876, 877, 4)
-    assert (image.origin, image.display) == ((654, 245), (0, 0, 2048, 1556))
-    assert image.attributes["view"] == "right"
-    assert np.isfinite(image.pixels).all() and image.channel("A").max() > 0
+MULTIPART = EXR / "Beachball" / "multipart.0001.exr"  # stereo: rgba_right, depth_left, ..., rgba_left, ...
+
+
+def test_multipart_file_without_a_part_named_is_refused_naming_its_parts() -> None:
+    """Two parts hold an RGB image (the two eyes): reading part 0 silently gave the right eye to a
+    user who may have wanted the left, so the file is refused with its parts and how to pick one."""
+    with pytest.raises(InputError) as caught:
+        read_exr(MULTIPART)
+    message = str(caught.value)
+    assert str(MULTIPART) in message
+    for part in ("rgba_right", "rgba_left", "depth_left", "disparityR"):
+        assert part in message
+    assert "#" in message and "view right" in message
+    with pytest.raises(InputError, match="rgba_left"):
+        check_exr_header(MULTIPART)
+
+
+def test_a_part_is_read_by_its_name_or_its_view() -> None:
+    left = read_exr(MULTIPART, part="rgba_left")
+    assert left.channels == ("R", "G", "B", "A")
+    assert left.pixels.shape == (876, 877, 4)
+    assert (left.origin, left.display) == ((688, 245), (0, 0, 2048, 1556))  # the left eye's own windows
+    assert left.attributes["view"] == "left"
+    assert np.isfinite(left.pixels).all() and left.channel("A").max() > 0
+    right = read_exr(MULTIPART, part="right")  # the view's only part with R, G and B
+    assert right.attributes["view"] == "right" and right.channels == ("R", "G", "B", "A")
+    assert (right.origin, right.display) == ((654, 245), (0, 0, 2048, 1556))
+    assert not np.array_equal(left.pixels, right.pixels)
+    assert read_exr(MULTIPART, part="depth_left").channels == ("Z",)
+    assert check_exr_header(MULTIPART, part="whitebarmask_left")[:2] == (385, 769)
+
+
+def test_an_unknown_part_is_refused_naming_the_parts() -> None:
+    with pytest.raises(InputError, match=r"no part or view named 'beauty'.*rgba_left"):
+        read_exr(MULTIPART, part="beauty")
+    with pytest.raises(InputError, match=r"no part or view named 'left'; its parts are part 0: R, G, B\."):
+        read_exr(EXR / "TestImages" / "GammaChart.exr", part="left")
+
+
+def test_multipart_file_with_one_rgb_part_reads_it_unnamed(tmp_path: Path) -> None:
+    """A beauty with its AOVs in other parts (how Nuke writes a multi-part plate) is not
+    ambiguous: its one part with R, G and B is the image."""
+    path = str(tmp_path / "aovs.exr")
+    specs = []
+    layers = (("depth", ("Z",)), ("rgba", ("R", "G", "B", "A")), ("diffuse", ("diffuse.R", "diffuse.G", "diffuse.B")))
+    for name, channels in layers:
+        spec = oiio.ImageSpec(8, 4, len(channels), "half")
+        spec.channelnames = channels
+        spec.attribute("name", name)
+        specs.append(spec)
+    out = oiio.ImageOutput.create(path)
+    assert out.open(path, specs)
+    for index, spec in enumerate(specs):
+        if index:
+            assert out.open(path, spec, "AppendSubimage")
+        assert out.write_image(np.full((4, 8, spec.nchannels), index + 1, np.float16))
+    out.close()
+    image = read_exr(path)
+    assert image.channels == ("R", "G", "B", "A") and (image.pixels == 2).all()
+    assert read_exr(path, part="depth").channels == ("Z",)
+
+
+def test_an_input_path_names_the_part_after_a_hash(tmp_path: Path) -> None:
+    shot = FileShot({"plate": str(EXR / "Beachball" / "multipart.####.exr#rgba_left")}, range(1, 2))
+    shot.check_complete()
+    shot.check_headers()
+    assert shot.read("plate", 1).attributes["view"] == "left"
+    unnamed = FileShot({"plate": str(EXR / "Beachball" / "multipart.####.exr")}, range(1, 2))
+    with pytest.raises(InputError, match="rgba_left"):
+        unnamed.check_headers()
 
 
 def test_tiled_file_reads_and_keeps_metadata(tmp_path: Path) -> None:
@@ -154,13 +219,15 @@ def _damaged_results(files: list[Path], tmp: Path) -> tuple[dict[str, dict], lis
     """
     script = (
         "import json, sys\n"
-        "from cvgen.server.io.exr import read_exr\n"
+        "from cvgen.server.io.exr import check_exr_header, read_exr\n"
         "for path in sys.argv[1:]:\n"
-        "    try:\n"
-        "        read_exr(path)\n"
-        "        result = {'error': None, 'message': ''}\n"
-        "    except Exception as exc:\n"
-        "        result = {'error': type(exc).__name__, 'message': str(exc)}\n"
+        "    result = {}\n"
+        "    for key, read in (('header', check_exr_header), ('', read_exr)):\n"
+        "        try:\n"
+        "            read(path)\n"
+        "            result.update({key + 'error': None, key + 'message': ''})\n"
+        "        except Exception as exc:\n"
+        "            result.update({key + 'error': type(exc).__name__, key + 'message': str(exc)})\n"
         "    print(json.dumps({'path': path, **result}), flush=True)\n"
     )
     results: dict[str, dict] = {}
@@ -206,6 +273,25 @@ def test_damaged_file_raises_input_error(damaged: Path, damaged_results: Damaged
     assert str(damaged) in result["message"]
     assert "Traceback" not in result["message"]
     assert "cvgen-exr-" not in result["message"], "the message names a temporary file instead of the input"
+    assert "unreadable" not in result["message"], "the message gives no reason"
+
+
+def test_header_check_refuses_damaged_headers_as_reading_does(damaged_results: DamagedResults) -> None:
+    """The check a job runs on every frame before rendering refuses a damaged header with the
+    message reading it would give; damage only in the pixels is left for the read to find."""
+    results, _, _ = damaged_results
+    for path, result in results.items():
+        if result["headererror"] is not None:
+            assert (result["headererror"], result["headermessage"]) == (result["error"], result["message"]), path
+    refused = [r for r in results.values() if r["headererror"] is not None]
+    assert len(refused) >= len(results) // 2, "the header check let most damaged headers through"
+
+
+def test_header_check_passes_a_good_frame_giving_its_size_and_channels() -> None:
+    assert check_exr_header(EXR / "TestImages" / "GammaChart.exr")[:2] == (800, 800)
+    windowed = EXR / "DisplayWindow" / "t01.exr"
+    image = read_exr(windowed)
+    assert check_exr_header(windowed) == (image.width, image.height, image.channels)
 
 
 def test_damaged_files_end_cleanly(damaged_results: DamagedResults) -> None:
@@ -255,6 +341,60 @@ def test_absurd_size_is_refused_before_reading(tmp_path: Path) -> None:
     write_exr(tmp_path / "wide.exr", wide)
     with pytest.raises(InputError, match=r"wide\.exr: its header claims 65537x1 pixels"):
         read_exr(tmp_path / "wide.exr")
+
+
+def _write_yc(path: Path, width: int = 4, height: int = 4) -> None:
+    """A luminance/chroma EXR as OpenEXR's RGBA interface writes them (Y full size, RY and BY at
+    half resolution), byte by byte: OpenImageIO cannot write subsampled channels."""
+    def attribute(name: str, kind: str, value: bytes) -> bytes:
+        return name.encode() + b"\0" + kind.encode() + b"\0" + struct.pack("<i", len(value)) + value
+
+    channels = [("BY", 2), ("RY", 2), ("Y", 1)]
+    chlist = b"".join(n.encode() + b"\0" + struct.pack("<iB3xii", 1, 0, s, s) for n, s in channels) + b"\0"
+    box = struct.pack("<iiii", 0, 0, width - 1, height - 1)
+    header = (b"\x76\x2f\x31\x01" + struct.pack("<i", 2) + attribute("channels", "chlist", chlist)
+              + attribute("compression", "compression", b"\0") + attribute("dataWindow", "box2i", box)
+              + attribute("displayWindow", "box2i", box) + attribute("lineOrder", "lineOrder", b"\0")
+              + attribute("pixelAspectRatio", "float", struct.pack("<f", 1.0))
+              + attribute("screenWindowCenter", "v2f", struct.pack("<ff", 0, 0))
+              + attribute("screenWindowWidth", "float", struct.pack("<f", 1.0)) + b"\0")
+    blocks = []
+    for y in range(height):
+        data = b"".join(np.full(width // s, 0.5 if n == "Y" else 0.0, np.float16).tobytes()
+                        for n, s in channels if y % s == 0)
+        blocks.append(struct.pack("<ii", y, len(data)) + data)
+    offsets = np.cumsum([len(header) + 8 * height] + [len(b) for b in blocks[:-1]]).astype("<u8")
+    path.write_bytes(header + offsets.tobytes() + b"".join(blocks))
+
+
+def test_cube_map_keeps_the_files_windows(tmp_path: Path) -> None:
+    """OpenImageIO reports a MIP-mapped cube map's display window as one face (16x16 here)."""
+    path = tmp_path / "cube.exr"
+    spec = oiio.ImageSpec(16, 96, 3, "half")
+    spec.tile_width = spec.tile_height = 8
+    spec.attribute("textureformat", "CubeFace Environment")
+    out = oiio.ImageOutput.create("openexr")
+    width, height, mode = 16, 96, "Create"
+    while True:  # OpenEXR's MIP levels: halve both sides, rounding down, until 1x1
+        level = oiio.ImageSpec(spec)
+        level.width = level.full_width = width
+        level.height = level.full_height = height
+        assert out.open(str(path), level, mode) and out.write_image(np.ones((height, width, 3), np.float32))
+        if width == height == 1:
+            break
+        width, height, mode = max(1, width // 2), max(1, height // 2), "AppendMIPLevel"
+    assert out.close()
+    del out  # the binding finishes a MIP-mapped file only when the writer goes
+    image = read_exr(path)
+    assert image.pixels.shape == (96, 16, 3)
+    assert (image.data_window, image.display) == ((0, 0, 16, 96), (0, 0, 16, 96))
+
+
+def test_luminance_chroma_file_is_refused_as_valid_but_unsupported(tmp_path: Path) -> None:
+    _write_yc(tmp_path / "yc.exr")
+    with pytest.raises(InputError, match=r"yc\.exr: it is a luminance/chroma \(YC\) EXR") as refused:
+        read_exr(tmp_path / "yc.exr")
+    assert "damaged" not in str(refused.value) and "convert it to RGB" in str(refused.value)
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -359,13 +499,14 @@ def test_the_writer_takes_the_layout_only_from_the_pixels_and_fields(tmp_path: P
     assert spec.get_string_attribute("openexr:lineOrder") == "increasingY"
 
 
-@pytest.mark.parametrize("source", [EXR / "Beachball" / "singlepart.0001.exr", EXR / "Beachball" / "multipart.0001.exr",
-                                    EXR / "Tiles" / "GoldenGate.exr", EXR / "TestImages" / "WideColorGamut.exr"],
-                         ids=_name)
-def test_real_metadata_survives_and_could_be_sent_again(source: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("source", "part"), [
+    (EXR / "Beachball" / "singlepart.0001.exr", None), (EXR / "Beachball" / "multipart.0001.exr", "rgba_right"),
+    (EXR / "Tiles" / "GoldenGate.exr", None), (EXR / "TestImages" / "WideColorGamut.exr", None),
+], ids=["singlepart", "multipart", "GoldenGate", "WideColorGamut"])
+def test_real_metadata_survives_and_could_be_sent_again(source: Path, part: str | None, tmp_path: Path) -> None:
     """What read_exr keeps of a real header is what a request may send, and it comes back
     unchanged from a file cvgen writes (OpenImageIO stamps a DateTime where there was none)."""
-    image = read_exr(source)
+    image = read_exr(source, part=part)
     assert image.attributes and check_attributes(image.attributes) == image.attributes
     write_exr(tmp_path / source.name, image)
     again = read_exr(tmp_path / source.name)

@@ -444,3 +444,42 @@ def test_damaged_exrs_as_inputs_get_bad_request_and_the_server_lives(server, tmp
     slowest = max(outcomes, key=lambda o: o[4])
     print(f"{len(outcomes)} damaged inputs in {time.monotonic() - started:.1f} s; slowest {slowest[0]} as "
           f"{slowest[1]} ({slowest[4]:.2f} s)")
+
+
+def test_a_damaged_frame_fails_the_job_before_any_frame_is_rendered(tmp_path, shared_data):
+    """Frame 5 of 10 with a damaged header fails the job before frame 1 is written, naming that
+    frame's file: the worker checks every input frame's header (opened as it opens frames to
+    read them, under the server's input roots) before it renders anything."""
+    shot = make_shot(tmp_path / "in", range(1, 11))
+    bad = Path(shot["plate"].replace("####", "0005"))
+    shutil.copyfile(shared_data / "exr" / "Damaged" / "NULL_pointer", bad)
+    server = ServerProcess(tmp_path / "jobs", "--input-root", str(tmp_path / "in")).start()
+    try:
+        events: list[Any] = []
+        with watchdog(60, server.proc.kill), Client(server.endpoint, timeout=60) as client:
+            with pytest.raises(ServerError) as caught:
+                # temporal 0: frame 1 alone is needed to render frame 1
+                for event in client.submit(JobSpec("colormatch", (1, 10), shot, {"temporal": 0.0})):
+                    events.append(event)
+            assert caught.value.code == "bad_request", caught.value
+            assert str(bad) in str(caught.value), caught.value
+            assert not [e for e in events if isinstance(e, FrameReady)], "frames were rendered before the damaged one"
+            assert list((tmp_path / "jobs").rglob("*.exr")) == [], "frames were written before the damaged one"
+            good = make_shot(tmp_path / "in" / "good", range(1, 2))
+            assert isinstance(list(client.submit(JobSpec("colormatch", (1, 1), good)))[-1], Done)
+    finally:
+        server.stop()
+
+
+def test_a_frame_missing_a_channel_fails_the_job_before_any_frame_is_rendered(server, tmp_path):
+    """Channels are checked from every frame's header before the work, as damage is."""
+    shot = make_shot(tmp_path / "in", range(1, 11))
+    write_exr(shot["fg"].replace("####", "0005"), Image(np.ones((48, 64, 3), np.float16), ("R", "G", "B")))
+    with watchdog(60, server.proc.kill), Client(server.endpoint, timeout=60) as client:
+        events: list[Any] = []
+        with pytest.raises(ServerError) as caught:
+            for event in client.submit(JobSpec("colormatch", (1, 10), shot, {"temporal": 0.0})):
+                events.append(event)
+        assert caught.value.code == "bad_request" and "frame 5 (plate " in str(caught.value)
+        assert shot["fg"].replace("####", "0005") + "): the fg has no alpha channel A" in str(caught.value)
+        assert not [e for e in events if isinstance(e, FrameReady)], "frames were rendered before the bad one"

@@ -1,10 +1,10 @@
 """OpenEXR frames in and out through OpenImageIO, keeping what compositors rely on.
 
-Reading takes part 0 of a file (the first part of a multipart EXR) with its channels in their
-own pixel type, its data and display windows, pixel aspect and metadata, so that a plate
-written back by cvgen lines up with the original in Nuke or Blender. Damaged files are common
-on farms (a render killed mid-frame, a filer hiccup): every way a file can be bad ends in an
-`InputError` that names the file, never in a crash or a traceback.
+Reading takes one part of a file (of a multipart EXR the part named, or its one RGB image) with
+its channels in their own pixel type, its data and display windows, pixel aspect and metadata,
+so that a plate written back by cvgen lines up with the original in Nuke or Blender. Damaged
+files are common on farms (a render killed mid-frame, a filer hiccup): every way a file can be
+bad ends in an `InputError` that names the file, never in a crash or a traceback.
 
 Writing is atomic (a hidden temp file in the destination folder, then a rename), so a crash
 never leaves half a frame where a host or a restarted job would take it for a finished one.
@@ -17,11 +17,12 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import OpenImageIO as oiio
@@ -43,6 +44,9 @@ MAX_SAMPLES = 2**31
 #: Why a write fails when the disk, the user's quota or a file size limit leaves no room.
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
+#: How much of a file is searched for a header attribute OpenImageIO does not report as written.
+_HEADER_BYTES = 1 << 20
+
 _MAGIC = b"\x76\x2f\x31\x01"
 _EXR_SUFFIXES = (".exr", ".sxr", ".mxr")
 _NATIVE_TYPES = {"half": oiio.TypeHalf, "float": oiio.TypeFloat, "uint": oiio.TypeUInt}
@@ -61,9 +65,20 @@ _TYPED_ATTRIBUTES = {
 _INT_VECTORS = {2: oiio.TypeVector2i, 3: oiio.TypeVector3i, 4: oiio.TypeBox2i}
 _FLOAT_VECTORS = {2: oiio.TypeFloat2, 3: oiio.TypeVector, 9: oiio.TypeMatrix33, 16: oiio.TypeMatrix44}
 
+_T = TypeVar("_T")
 
-def read_exr(path: str | os.PathLike[str], fd: int | None = None) -> Image:
-    """Part 0 of an EXR file as an `Image`; half stays float16, float stays float32.
+#: Parts looked at in a multi-part file (real ones hold tens; a damaged header may claim more),
+#: and how many a refusal lists.
+_MAX_PARTS = 10000
+_LISTED_PARTS = 24
+
+
+def read_exr(path: str | os.PathLike[str], fd: int | None = None, part: str | None = None) -> Image:
+    """One part of an EXR file as an `Image`; half stays float16, float stays float32.
+
+    `part` names it, by the part's name or by its view (`_choose_part`); a multi-part file read
+    with no part named gives its one part with R, G and B channels, and is refused, naming its
+    parts, when it has several (a stereo pair) or none.
 
     Files with channels of mixed pixel types, or with uint channels (object ids), come back
     as float32 with the values unchanged. `fd` is the file already opened (by the server's
@@ -71,6 +86,59 @@ def read_exr(path: str | os.PathLike[str], fd: int | None = None) -> Image:
     `/proc/self/fd`, which no later change of `path` can redirect, and `path` only names it
     in messages (Linux only).
     """
+    return _with_input(path, fd, part, _read_part)
+
+
+def check_exr_header(path: str | os.PathLike[str], fd: int | None = None,
+                     part: str | None = None) -> tuple[int, int, tuple[str, ...]]:
+    """The width, height and channel names of what `read_exr` would read, from the headers alone,
+    refusing what `read_exr` would refuse there with the same message: a job checks every input
+    frame this way before it renders any, so a damaged frame stops it before the work, not
+    halfway through. Damage in the pixels alone is found only when they are read."""
+    def size(inp: oiio.ImageInput, index: int, name: str, shown: str) -> tuple[int, int, tuple[str, ...]]:
+        spec = inp.spec()
+        _check_spec(spec, shown)
+        return spec.width, spec.height, tuple(spec.channelnames)
+
+    return _with_input(path, fd, part, size)
+
+
+def _choose_part(parts: list[tuple[str, str, tuple[str, ...]]], part: str | None, shown: str) -> int:
+    """The index of the part to read among `parts` (name, view, channels), or an `InputError`
+    listing them: the part named `part`, else the parts of view `part` (all parts when `part`
+    is None), of which the only one, or else the only one with R, G and B channels."""
+    if part is not None and any(name == part for name, _, _ in parts):
+        return next(i for i, (name, _, _) in enumerate(parts) if name == part)
+    candidates = [i for i, (_, view, _) in enumerate(parts) if part is None or view == part]
+    if len(candidates) > 1:
+        candidates = [i for i in candidates if {"R", "G", "B"} <= set(parts[i][2])]
+    if len(candidates) == 1:
+        return candidates[0]
+    listed = "; ".join(
+        f"{name or f'part {i}'}{f' (view {view})' if view else ''}: {', '.join(channels)}"
+        for i, (name, view, channels) in enumerate(parts[:_LISTED_PARTS])
+    ) + ("; ..." if len(parts) > _LISTED_PARTS else "")
+    viewed = [p for p in parts if part is None or p[1] == part]
+    rgb = sum({"R", "G", "B"} <= set(channels) for _, _, channels in viewed)
+    if not viewed:
+        why = f"it has no part or view named {part!r}"
+    else:
+        where = "it has" if part is None else f"its view {part!r} has"
+        why = f"{where} {len(viewed)} parts, {rgb} of them with R, G and B channels"
+    # An example naming a real part: an image with R, G and B where there is one.
+    named = sorted((p for p in viewed or parts if p[0]), key=lambda p: not {"R", "G", "B"} <= set(p[2]))
+    example = f", e.g. plate.####.exr#{named[0][0]}" if named else ""
+    raise InputError(
+        f"cannot read {shown}: {why}; its parts are {listed}. Name the part to read by ending the input's path"
+        f" with #NAME (a part's name or view){example}"
+    )
+
+
+def _with_input(path: str | os.PathLike[str], fd: int | None, part: str | None,
+                use: Callable[[oiio.ImageInput, int, str, str], _T]) -> _T:
+    """`use(input, part index, name, shown)` on the file opened by OpenImageIO at the part chosen,
+    every failure an `InputError` naming `path` (`shown`); `name` is what OpenImageIO opened,
+    which its messages may quote."""
     shown = os.fspath(path)
     source = shown if fd is None else f"/proc/self/fd/{fd}"
     _check_signature(source, shown)
@@ -78,10 +146,15 @@ def read_exr(path: str | os.PathLike[str], fd: int | None = None) -> Image:
         with _exr_name(Path(source)) as name:
             inp = oiio.ImageInput.open(name)
             if inp is None:
-                detail = _clean(_oiio_error(), name, shown)
-                raise InputError(f"cannot read {shown}: the file is damaged or not a valid OpenEXR image ({detail})")
+                error = _oiio_error()
+                detail = _clean(error, name, shown)
+                raise InputError(
+                    _unsupported(error, shown)
+                    or f"cannot read {shown}: the file is damaged or not a valid OpenEXR image ({detail})"
+                )
             try:
-                return _read_part(inp, name, shown)
+                index = _seek_part(inp, part, name, shown)
+                return use(inp, index, name, shown)
             finally:
                 inp.close()
     except InputError:
@@ -178,8 +251,61 @@ def _exr_name(path: Path) -> Iterator[str]:
         yield link
 
 
-def _read_part(inp: oiio.ImageInput, name: str, shown: str) -> Image:
+def _unsupported(error: str, shown: str) -> str | None:
+    """The refusal for a valid file OpenImageIO cannot read, or None: subsampled channels, which
+    in practice are luminance/chroma files (Y, RY, BY: OpenEXR's RGBA interface writes them)."""
+    subsampled = re.findall(r'Subsampled channels are not supported \(channel "([^"]*)"', error)
+    if not subsampled:
+        return None
+    how = (
+        "convert it to RGB first (Nuke: Read it and Write it with channels rgba; Blender or any reader built on"
+        " OpenEXR's RGBA interface turns it into RGB when it loads it)"
+    )
+    if {"RY", "BY"} & set(subsampled):
+        return (
+            f"cannot read {shown}: it is a luminance/chroma (YC) EXR, a valid file whose chroma channels"
+            f" ({', '.join(subsampled)}) are stored at reduced resolution, which cvgen does not read; {how}"
+        )
+    return (
+        f"cannot read {shown}: it is a valid EXR with subsampled channels ({', '.join(subsampled)}), which cvgen"
+        f" does not read; {how}"
+    )
+
+
+def _seek_part(inp: oiio.ImageInput, part: str | None, name: str, shown: str) -> int:
+    """Move `inp` to the part to read (`_choose_part`) and return its index; a single-part file
+    read with no part named is read as it is."""
+    parts: list[tuple[str, str, tuple[str, ...]]] = []
+    while len(parts) < _MAX_PARTS and inp.seek_subimage(len(parts), 0):
+        spec = inp.spec()
+        parts.append((spec.get_string_attribute("name"), spec.get_string_attribute("view"), tuple(spec.channelnames)))
+    _oiio_error(inp)  # the seek past the last part leaves an error pending that is no fault of the file
+    index = 0 if part is None and len(parts) <= 1 else _choose_part(parts, part, shown)
+    if not inp.seek_subimage(index, 0):
+        detail = _clean(_oiio_error(inp) or "no header could be read", name, shown)
+        raise InputError(f"cannot read {shown}: the file is damaged or not a valid OpenEXR image ({detail})")
+    return index
+
+
+def _read_part(inp: oiio.ImageInput, index: int, name: str, shown: str) -> Image:
     spec = inp.spec()
+    _check_spec(spec, shown)
+    pixels = _read_pixels(inp, index, spec, name, shown)
+    display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
+    if index == 0 and spec.get_string_attribute("textureformat") == "CubeFace Environment":
+        display = _display_window(name, shown)
+    return Image(
+        pixels,
+        tuple(spec.channelnames),
+        (spec.x, spec.y),
+        display,
+        spec.get_float_attribute("PixelAspectRatio", 1.0),
+        _attributes(spec),
+    )
+
+
+def _check_spec(spec: oiio.ImageSpec, shown: str) -> None:
+    """Refuse a header cvgen cannot read pixels from, or should not trust, before any are read."""
     width, height, nch = spec.width, spec.height, spec.nchannels
     if spec.deep:
         raise InputError(
@@ -196,32 +322,47 @@ def _read_part(inp: oiio.ImageInput, name: str, shown: str) -> Image:
             f" cvgen reads (at most {MAX_SIDE} pixels a side, {MAX_SAMPLES:,} values in all); the file is"
             " probably damaged"
         )
-    pixels = _read_pixels(inp, spec, name, shown)
-    return Image(
-        pixels,
-        tuple(spec.channelnames),
-        (spec.x, spec.y),
-        (spec.full_x, spec.full_y, spec.full_width, spec.full_height),
-        spec.get_float_attribute("PixelAspectRatio", 1.0),
-        _attributes(spec),
+
+
+def _display_window(name: str, shown: str) -> tuple[int, int, int, int]:
+    """The display window as the file's (first) header states it, from its bytes: for a MIP-mapped
+    cube map OpenImageIO reports one face's size instead, and a plate written back would not
+    line up."""
+    with open(name, "rb") as f:
+        header = f.read(_HEADER_BYTES)
+    pos = 8
+    while pos < len(header) and header[pos]:
+        name_end = header.find(b"\0", pos)
+        type_end = header.find(b"\0", name_end + 1) if name_end >= 0 else -1
+        if type_end < 0 or type_end + 5 > len(header):
+            break
+        size = int.from_bytes(header[type_end + 1:type_end + 5], "little", signed=True)
+        if size < 0:
+            break
+        if header[pos:type_end] == b"displayWindow\0box2i" and size == 16 and type_end + 21 <= len(header):
+            x0, y0, x1, y1 = struct.unpack("<4i", header[type_end + 5:type_end + 21])
+            return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+        pos = type_end + 5 + size
+    raise InputError(
+        f"cannot read {shown}: its header's display window could not be found; the file is probably damaged"
     )
 
 
-def _read_pixels(inp: oiio.ImageInput, spec: oiio.ImageSpec, name: str, shown: str) -> np.ndarray:
+def _read_pixels(inp: oiio.ImageInput, index: int, spec: oiio.ImageSpec, name: str, shown: str) -> np.ndarray:
     """Read runs of channels that share a pixel type in that type; one run of half or float
     is returned as is, anything else as float32 (uint converted by value, not normalised)."""
     kinds = [str(t) for t in spec.channelformats] or [str(spec.format)] * spec.nchannels
     runs: list[tuple[int, int, str]] = []
-    for index, kind in enumerate(kinds):
+    for channel, kind in enumerate(kinds):
         if kind not in _NATIVE_TYPES:
-            raise InputError(f"cannot read {shown}: channel {index} has unsupported pixel type {kind!r}")
+            raise InputError(f"cannot read {shown}: channel {channel} has unsupported pixel type {kind!r}")
         if runs and runs[-1][2] == kind:
-            runs[-1] = (runs[-1][0], index + 1, kind)
+            runs[-1] = (runs[-1][0], channel + 1, kind)
         else:
-            runs.append((index, index + 1, kind))
+            runs.append((channel, channel + 1, kind))
     parts = []
     for begin, end, kind in runs:
-        data = inp.read_image(0, 0, begin, end, _NATIVE_TYPES[kind])
+        data = inp.read_image(index, 0, begin, end, _NATIVE_TYPES[kind])
         if data is None or inp.has_error:
             detail = _clean(_oiio_error(inp) or "no pixels could be read", name, shown)
             raise InputError(f"cannot read {shown}: the file is damaged or truncated ({detail})")
@@ -301,7 +442,7 @@ def _oiio_error(source: oiio.ImageInput | None = None) -> str:
     try:
         return source.geterror() if source is not None else oiio.geterror()
     except UnicodeError:
-        return "OpenEXR reported an error whose text is unreadable"
+        return "its header is corrupt: OpenEXR's description of the fault quotes bytes from it that are not text"
 
 
 def _clean(text: str, name: str, shown: str) -> str:

@@ -148,6 +148,7 @@ def run_job(
     todo = [f for f in wanted if output_name(spec, f) not in present]
     if not todo:
         return []
+    shot.check_headers(lambda channels: checked.op.check_channels(channels, set(spec.inputs)))
     clock = ProgressClock(todo)
     ctx = OpContext(
         todo=todo,
