@@ -13,7 +13,8 @@ from cvgen.protocol.client import Client, Done
 from cvgen.server.core.models import ModelCache, ModelRegistry
 from cvgen.server.core.sampling import steps_for
 from cvgen.server.errors import Cancelled, InputError
-from cvgen.server.io.exr import read_exr
+from cvgen.protocol.images import Image
+from cvgen.server.io.exr import read_exr, write_exr
 from cvgen.server.jobs.runner import run_job
 from cvgen.server.ops.harmonize import OP, Harmonizer, frames_to_render
 
@@ -247,3 +248,27 @@ def test_tau_and_tau_b_round_a_fraction_of_the_steps_alike(models, monkeypatch, 
         h.generate(zeros, lambda i, n: None, FrameGuide(zeros, [zeros] * h.k, torch.zeros(1, 1, 8, 8)))
         ifa, blend = counts[-1]
         assert ifa == blend == int(h.k * fraction), (h.k, fraction, ifa, blend)
+
+
+def test_every_form_of_the_foreground_harmonizes_alike(models, tmp_path):
+    """A premultiplied RGBA fg with a separate matte (what the Nuke node sends), the same fg
+    alone, and its straight RGB with the matte are one foreground: the results are identical."""
+    shot = make_shot(tmp_path / "shot", range(1, 3))
+    for f in (1, 2):
+        fg = read_exr(frame_path(shot["fg"], f))
+        alpha = fg.channel("A").astype(np.float32)
+        rgb = fg.stack(("R", "G", "B"))
+        straight = np.where(alpha[..., None] > 0, rgb / np.where(alpha > 0, alpha, 1)[..., None], 0)
+        write_exr(tmp_path / "shot" / f"straight.{f:04d}.exr", Image(straight.astype(np.float32), ("R", "G", "B")))
+        write_exr(tmp_path / "shot" / f"matte.{f:04d}.exr", Image(fg.channel("A"), ("A",)))
+    matte = str(tmp_path / "shot" / "matte.####.exr")
+    forms = {
+        "rgba": shot,
+        "rgba_matte": {**shot, "matte": matte},
+        "straight_matte": {"plate": shot["plate"], "fg": str(tmp_path / "shot" / "straight.####.exr"), "matte": matte},
+    }
+    results = {name: render(inputs, tmp_path, models, name=name, frames=(1, 2)) for name, inputs in forms.items()}
+    for f in (1, 2):
+        reference = results["rgba"][f].pixels
+        for name in ("rgba_matte", "straight_matte"):
+            assert np.array_equal(results[name][f].pixels, reference), f"{name} differs on frame {f}"
