@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # fuzz_decode instruments cvgen.protocol as it is imported
-from fuzz_decode import INTERESTING, Values, keep_going  # noqa: E402
+from fuzz_decode import Values, keep_going  # noqa: E402
 
 with atheris.instrument_imports(include=["cvgen"]):
     from cvgen.protocol.errors import ProtocolError

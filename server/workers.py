@@ -23,7 +23,7 @@ from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import Message, encode
 
 from .errors import Cancelled
-from .io.exr import NO_ROOM, write_exr
+from .io.exr import NO_ROOM
 from .jobs.runner import run_job
 from .jobs.store import JobRecord
 from .paths import PathPolicy

@@ -10,13 +10,12 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
 import zmq
 
 from cvgen.protocol import JobSpec, ServerError
-from cvgen.protocol.client import Accepted, Client, Done
+from cvgen.protocol.client import Accepted, Client
 from cvgen.protocol.images import Image
 from cvgen.protocol.limits import Limits
 from cvgen.protocol.messages import Message, decode, encode, image_to_wire
