@@ -36,14 +36,15 @@ from cvgen.protocol.messages import (
 )
 
 from . import __version__
-from .auth import LOCAL, RECHECK_S, AllowList, Requester, ServerKeys, check_bind, secure
+from .access import Access
+from .auth import LOCAL, AllowList, Requester, ServerKeys, check_bind, secure
 from .devices import available_devices
 from .errors import NotFound
 from .intake import Admission, Intake, Submission
 from .io.exr import NO_ROOM
 from .io.color import colorspace_names
 from .jobs.runner import check_job
-from .jobs.store import UNFINISHED, JobRecord, JobStore
+from .jobs.store import UNFINISHED, JobStore
 from .ops import all_ops
 from .paths import PathPolicy
 from .workers import ActiveJob, Worker
@@ -84,7 +85,6 @@ class Server:
         self.limits = limits
         if paths is None:
             paths = PathPolicy() if is_loopback(bind) else PathPolicy((), ())
-        self.paths = paths.with_input_root(self.store.root).with_jobs(self.store.root, self._job_folders)
         self.devices = devices or available_devices()
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
@@ -97,11 +97,12 @@ class Server:
         if keys is not None:
             self.allow = AllowList(keys)
             self.authenticator = secure(self.router, keys, self.allow)
+        self.access = Access(self.store, self.allow)
+        self.paths = paths.with_input_root(self.store.root).with_jobs(self.store.root, self.access.job_folders)
         #: Who sent the request being handled: set by `_on_request` before each handler runs.
         self.requester: Requester = LOCAL if keys is None else Requester("")
         #: Set (by SIGHUP in `cvgen serve`) to re-read the allow-list without stopping running jobs.
         self.reload_keys = threading.Event()
-        self._next_key_check = 0.0
         try:
             self.router.bind(bind)
         except zmq.ZMQError as exc:
@@ -152,7 +153,9 @@ class Server:
         poller.register(self.events, zmq.POLLIN)
         try:
             while not stop.is_set():
-                self._check_keys()
+                sighup = self.reload_keys.is_set()
+                self.reload_keys.clear()
+                self.access.check_keys(sighup)
                 for sock, _ in poller.poll(100):
                     if sock is self.router:
                         self._on_request(*self._receive_request())
@@ -177,66 +180,6 @@ class Server:
             self.authenticator.stop()
         self.context.term()
         gc.unfreeze()  # so that what the server held is collected at exit, before native modules unload
-
-    def _check_keys(self) -> None:
-        """Re-read the allow-list on SIGHUP, and when authorized/ changed (looked at every
-        RECHECK_S; each request also looks, in `_requester`)."""
-        sighup = self.reload_keys.is_set()
-        self.reload_keys.clear()
-        if self.allow is None:
-            if sighup:
-                log.warning("no keys to reload: this server was started without --keys")
-            return
-        now = time.monotonic()
-        if sighup:
-            self.allow.reload()
-        elif now >= self._next_key_check:
-            self.allow.refresh(thorough=True)
-        else:
-            return
-        self._next_key_check = now + RECHECK_S
-
-    def _requester(self, frames: list[zmq.Frame]) -> Requester:
-        """The sender of a request, by its connection's key, as the allow-list is now: a key
-        removed since the connection was made is refused from the first request after."""
-        if self.allow is None:
-            return LOCAL
-        self.allow.refresh()
-        try:
-            user_id = frames[0].get("User-Id")
-        except zmq.ZMQError:
-            user_id = ""
-        return self.allow.requester(user_id)
-
-    def check_owner(self, job_id: str, requester: Requester) -> None:
-        """Refuse a job the requester may not use as if it did not exist, so job ids do not leak."""
-        if not requester.may_use(self.store.owner(job_id)):
-            raise self.store.no_job(job_id)
-
-    def _check_job_paths(self, spec: JobSpec, requester: Requester) -> None:
-        """No request reads or writes the jobs folder by path, except inside the requester's own
-        jobs (a result chained into the next op): not another client's staged inputs or frames."""
-        named = {f"input {role}": os.path.dirname(template) for role, template in spec.inputs.items()}
-        if spec.output:
-            named["output"] = spec.output
-        for what, folder in named.items():
-            job_id = self.store.job_at(Path(os.path.realpath(folder)))
-            if job_id is not None and not (job_id and requester.may_use(self.store.owner(job_id))):
-                raise ProtocolError(f"{what} {folder} is in the jobs folder outside any job of yours; a request "
-                                    "may read only its own jobs' files there")
-
-    def _job_folders(self, record: JobRecord) -> list[Path]:
-        """The job folders a job reads frames from: its own, and those its inputs name of jobs its
-        owner may use. Called on a worker thread as the job starts, so a symlink made after the
-        submit still cannot lead to another client's files."""
-        owner = self.store.owner(record.job_id)
-        requester = LOCAL if self.allow is None else Requester(owner or "", owner in self.allow.admins)
-        folders = [record.folder]
-        for template in record.spec.inputs.values():
-            job_id = self.store.job_at(Path(os.path.realpath(os.path.dirname(template))))
-            if job_id and requester.may_use(self.store.owner(job_id)):
-                folders.append(self.store.root / job_id)
-        return folders
 
     def _resume_unfinished(self) -> None:
         self.store.remove_unfinished_submits()
@@ -295,7 +238,7 @@ class Server:
             return
         handler = self.handlers.get(msg.msg_type)
         try:
-            self.requester = self._requester(frames)
+            self.requester = self.access.requester(frames)
             if handler is None:
                 raise ProtocolError(f"unknown message type {msg.msg_type!r}; requests are {', '.join(self.handlers)}")
             handler(identity, msg)
@@ -357,7 +300,7 @@ class Server:
             self.paths.check_input(role, template)
         if spec.output:
             self.paths.check_output(spec.output)
-        self._check_job_paths(spec, self.requester)
+        self.access.check_job_paths(spec, self.requester)
         inline = self._inline_inputs(spec, msg)
         checked = check_job(spec, inline, self.models.registry)
         roles = set(spec.inputs) | set(inline)
@@ -422,10 +365,10 @@ class Server:
         A stored job that is not running is queued again by `_accept`."""
         assert spec.job_id is not None
         if spec.job_id in self.active:
-            self.check_owner(spec.job_id, requester)
+            self.access.check_owner(spec.job_id, requester)
             job = self.active[spec.job_id]
         elif self.store.exists(spec.job_id):
-            self.check_owner(spec.job_id, requester)
+            self.access.check_owner(spec.job_id, requester)
             job = ActiveJob(self.store.get(spec.job_id))
         else:
             return None
@@ -476,7 +419,7 @@ class Server:
 
     def on_cancel(self, identity: bytes, msg: Message) -> None:
         job_id = str(msg.content.get("job_id") or msg.job_id or "")
-        self.check_owner(job_id, self.requester)
+        self.access.check_owner(job_id, self.requester)
         job = self.active.get(job_id)
         if job is None:
             state = self.store.get(job_id).state().get("state")
@@ -504,7 +447,7 @@ class Server:
                 "storing": [sub.request.msg_id for sub in self.storing if sub.identity == identity],
             }))
             return
-        self.check_owner(str(job_id), self.requester)
+        self.access.check_owner(str(job_id), self.requester)
         self.send(identity, reply(msg, "status_reply", self._job_status(str(job_id)), job_id=str(job_id)))
 
     def _job_status(self, job_id: str) -> dict[str, Any]:
