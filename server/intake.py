@@ -22,13 +22,13 @@ from typing import Any
 
 import zmq
 
-from cvgen.protocol.errors import CvgenError, ProtocolError
+from cvgen.protocol.errors import CvgenError
 from cvgen.protocol.images import Image
 from cvgen.protocol.jobs import JobSpec
 from cvgen.protocol.messages import Message, encode
 
 from .io.exr import NO_ROOM, write_exr
-from .jobs.runner import foreign_frames
+from .jobs.runner import own_frames
 from .jobs.shot import FileShot
 from .jobs.store import JobRecord, JobStore
 
@@ -70,7 +70,6 @@ class Intake:
     results: dict[int, Admission] = field(default_factory=dict)
     _next: int = 0
     _thread: threading.Thread | None = None
-    _push: zmq.Socket | None = None
 
     def submit(self, submission: Submission) -> None:
         self._next += 1
@@ -107,17 +106,11 @@ def admit(store: JobStore, submission: Submission) -> Admission:
     try:
         if spec.inputs and not submission.inline:
             FileShot(spec.inputs, spec.frame_numbers).check_complete()
-        output = Path(spec.output) if spec.output else None
-        if output is not None:
-            taken = foreign_frames(spec, output)
-            if taken:
-                raise ProtocolError(
-                    f"the output folder {output} already holds {len(taken)} frame(s) this job would overwrite "
-                    f"({', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}), written by another job or "
-                    "not by cvgen; choose another output folder or shot name, or remove those frames first")
+        # A new job's own folder holds no frames yet; a folder it names may (a resubmitted id).
+        done = len(own_frames(spec, Path(spec.output))) if spec.output else 0
         record = store.create(spec, prepare=lambda folder, final: stage_inline_inputs(
             spec, submission.inline, folder / "inputs", final / "inputs"), owner=submission.owner)
-        return Admission(submission, record, done=len(record.done_frames()))
+        return Admission(submission, record, done=done)
     except CvgenError as exc:
         return Admission(submission, code=exc.code, message=str(exc))
     except OSError as exc:

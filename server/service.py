@@ -312,8 +312,7 @@ class Server:
                                 "send this one again once that one is accepted, to watch it")
         existing = self._existing_job(spec, self.requester) if spec.job_id else None
         if existing is not None:
-            self._accept(msg, existing, subscriber,
-                         existing.done if existing.done is not None else len(existing.record.done_frames()))
+            self._accept(msg, existing, subscriber)
             return
         if spec.job_id:
             self.admitting.add(spec.job_id)
@@ -328,12 +327,12 @@ class Server:
         if admission.record is None:
             self.send(submission.identity, error_reply(submission.request, admission.code, admission.message))
             return
-        job = ActiveJob(admission.record)
+        job = ActiveJob(admission.record, done=admission.done)
         self.store.listed(job.job_id)
         subscriber = Subscriber(submission.identity, submission.request.header, submission.deliver_inline)
-        self._accept(submission.request, job, subscriber, admission.done)
+        self._accept(submission.request, job, subscriber)
 
-    def _accept(self, msg: Message, job: ActiveJob, subscriber: Subscriber, done: int) -> None:
+    def _accept(self, msg: Message, job: ActiveJob, subscriber: Subscriber) -> None:
         """Answer `accepted`, then watch and (if it is not already) queue the job: in that order, so
         the host hears of the job before any of its events, and a reply that cannot be built
         leaves nothing queued to answer a second time."""
@@ -347,14 +346,12 @@ class Server:
         content = {
             "job_id": job.job_id,
             "frames": list(record.spec.frames),
-            "done": done,
+            "done": job.frames_done(),
             "output": str(record.output_dir),
             "queued_behind": ahead if queued or job.state == "queued" else 0,
         }
         self.send(subscriber.identity, reply(msg, "accepted", content, job_id=job.job_id))
         self.subscribers.setdefault(job.job_id, []).append(subscriber)
-        if job.done is None:
-            job.done = done
         if queued:
             self.active[job.job_id] = job
             self.queue.put(job)
@@ -456,8 +453,8 @@ class Server:
         job = self.active.get(job_id)
         record = job.record if job else self.store.get(job_id)
         state = record.state()
-        if job is not None and job.done is not None:
-            done = job.done
+        if job is not None:
+            done = job.frames_done()
         elif isinstance(state.get("done"), int):
             done = state["done"]
         else:

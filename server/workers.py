@@ -49,6 +49,12 @@ class ActiveJob:
     def job_id(self) -> str:
         return self.record.job_id
 
+    def frames_done(self) -> int:
+        """`done`, counting the frames on disk the first time it is asked."""
+        if self.done is None:
+            self.done = len(self.record.done_frames())
+        return self.done
+
     def claim(self) -> bool:
         """Mark the job started, unless it was cancelled while queued; under the lock the cancel
         handler takes, so a job is either cancelled before it starts or runs."""

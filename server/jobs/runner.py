@@ -139,12 +139,8 @@ def run_job(
     else:
         target.create()
     with target.opened() if target is not None else nullcontext(None) as folder_fd:
-        present, taken = frames_in_folder(spec, output_dir, wanted, folder_fd)
+        present = own_frames(spec, output_dir, wanted, folder_fd)
         remove_stale_temp_frames(spec, output_dir, wanted, folder_fd)
-    if taken:
-        raise InputError(f"{output_dir} holds {len(taken)} frame(s) this job would overwrite ({', '.join(taken[:3])}"
-                         f"{' ...' if len(taken) > 3 else ''}), written by another job or not by cvgen; "
-                         "move them away or render into another folder")
     todo = [f for f in wanted if output_name(spec, f) not in present]
     if not todo:
         return []
@@ -189,23 +185,28 @@ def run_job(
     return written
 
 
-def frames_in_folder(spec: JobSpec, folder: Path, frames: Iterable[int] | None = None,
-                     folder_fd: int | None = None) -> tuple[set[str], list[str]]:
-    """The names of this job's frames in `folder` (read through `folder_fd` when the folder is
-    opened already), and those of them it did not write itself.
+def own_frames(spec: JobSpec, folder: Path, frames: Iterable[int] | None = None,
+               folder_fd: int | None = None) -> set[str]:
+    """The names of this job's frames already in `folder` (read through `folder_fd` when the
+    folder is opened already), to skip as done.
 
-    A frame counts as the job's own, and is skipped as done, only when its provenance names
-    this job (`cvgen:job`); frames of another job or of another tool are never taken for ours,
-    nor silently overwritten.
+    A frame counts as the job's own only when its provenance names this job (`cvgen:job`); a
+    frame of the same name that another job or another tool wrote is never taken for ours nor
+    silently overwritten: the job is refused, naming it.
     """
     try:
         present = {entry.name for entry in os.scandir(folder if folder_fd is None else folder_fd)}
     except (FileNotFoundError, NotADirectoryError):
-        return set(), []
+        return set()
     names = [output_name(spec, f) for f in (spec.frame_numbers if frames is None else frames)]
     ours = [n for n in names if n in present]
     own = spec.job_id or ""
-    return set(ours), [n for n in ours if _provenance(folder, n, folder_fd).get("job") != own]
+    taken = [n for n in ours if _provenance(folder, n, folder_fd).get("job") != own]
+    if taken:
+        raise InputError(f"the output folder {folder} already holds {len(taken)} frame(s) this job would overwrite "
+                         f"({', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}), written by another job or "
+                         "not by cvgen; choose another output folder or shot name, or remove those frames first")
+    return set(ours)
 
 
 def remove_stale_temp_frames(spec: JobSpec, folder: Path, frames: Iterable[int], folder_fd: int | None) -> None:
@@ -218,11 +219,6 @@ def remove_stale_temp_frames(spec: JobSpec, folder: Path, frames: Iterable[int],
                 os.unlink(entry.name if folder_fd is not None else folder / entry.name, dir_fd=folder_fd)
             except FileNotFoundError:
                 pass
-
-
-def foreign_frames(spec: JobSpec, folder: Path) -> list[str]:
-    """The frames in `folder` this job would write that another job or tool wrote."""
-    return frames_in_folder(spec, folder)[1]
 
 
 def _provenance(folder: Path, name: str, folder_fd: int | None) -> dict[str, str]:
