@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .images import PIXEL_DTYPES, Image
 from .limits import Limits
 
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 DELIMITER = b"<CVGEN|MSG>"
 
 REQUEST_TYPES = frozenset({"hello", "submit", "cancel", "status", "jobs"})

@@ -20,6 +20,17 @@ from .farm.commands import add_farm_parser
 
 
 MODELS_HELP = "models file (TOML) naming local models (default: $CVGEN_MODELS, else ~/.config/cvgen/models.toml)"
+MEMORY_HELP = ("bytes of model weights to keep loaded per device, e.g. 20G or 512M; least recently used models "
+               "are unloaded to stay under it (default: 70%% of each device's memory)")
+
+
+def memory_size(text: str) -> int:
+    from .core.models import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", action="append", dest="devices",
                        help="device to run jobs on (repeatable; default: every GPU, else the CPU)")
     serve.add_argument("--models", help=MODELS_HELP)
+    serve.add_argument("--model-memory", type=memory_size, metavar="SIZE", help=MEMORY_HELP)
     serve.add_argument("--keys", type=Path, help="key folder from `cvgen keys generate`: encrypt with CurveZMQ and "
                                                  "admit only the clients in its authorized/ folder (required for "
                                                  "any address but loopback)")
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--output", type=Path, help="folder for the frames (default: the job's output, "
                                                     "else JOBNAME-frames beside the job file)")
     render.add_argument("--models", help=MODELS_HELP)
+    render.add_argument("--model-memory", type=memory_size, metavar="SIZE", help=MEMORY_HELP)
     render.add_argument("--device", help="device for ops with a model, e.g. cuda:1 or cpu (default: the first GPU, else the CPU)")
     render.add_argument("--warmup", type=int, help="frames before the first one that ops carrying state from frame "
                                                    "to frame render and discard, so a chunk's seam does not jump "
@@ -95,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list or check the configured models")
     models.add_argument("--models", help=MODELS_HELP)
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="the models the server can use").set_defaults(func=cmd_models_list)
-    check = models_sub.add_parser("check", help="load a model and report what it is")
+    models_sub.add_parser("list", help="the models the server can use: kind, path, device, precision, "
+                          "parameters").set_defaults(func=cmd_models_list)
+    check = models_sub.add_parser("check", help="load a model and run one tiny forward pass")
     check.add_argument("name")
     check.add_argument("--device", help="device to load it on (default: the first GPU, else the CPU)")
     check.set_defaults(func=cmd_models_check)
@@ -131,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths = PathPolicy.roots(args.input_roots or default, args.output_roots or default)
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     server = Server(args.bind, args.jobs_dir, devices=args.devices, models_file=args.models, keys=keys,
-                    paths=paths, limits=limits)
+                    paths=paths, limits=limits, model_memory=args.model_memory)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -196,7 +210,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from .core.models import ModelCache, ModelRegistry
 
-    models = ModelCache(ModelRegistry.load(args.models))
+    models = ModelCache(ModelRegistry.load(args.models), args.model_memory)
     written = run_job(spec, output, base=base, frames=frames, on_frame=on_frame, models=models, device=args.device,
                       warmup=args.warmup)
     print(f"rendered {len(written)} frame(s) into {output}", flush=True)
@@ -205,25 +219,31 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .core.models import ModelRegistry
+    from .core.models.listing import describe_entry
 
     registry = ModelRegistry.load(args.models)
-    for entry in registry.describe():
-        marker = "*" if entry["name"] == registry.default else " "
-        print(f"{marker} {entry['name']:16s} {entry['kind']:12s} {entry['path']}")
-    print("(* = default; the built-in tiny model has random weights: real results need a real model)")
+    print(f"  {'name':18s} {'kind':11s} {'device':7s} {'precision':9s} {'parameters':>10s}  path")
+    for name in registry.names():
+        row = describe_entry(registry.entry(name))
+        marker = "*" if registry.default_for(row["kind"]) == name else " "
+        print(f"{marker} {name:18s} {row['kind']:11s} {row['device']:7s} {row['dtype']:9s} {row['parameters']:>10s}  "
+              f"{row['path']}")
+        if row["problem"]:
+            print(f"    ! {row['problem']}")
+    print("(* = the default of its kind; built-in tiny models have random weights: real results need real models)")
     return 0
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from .core.models import ModelRegistry, load_sd_model
+    from .core.models import KINDS, ModelRegistry, load
 
     registry = ModelRegistry.load(args.models)
-    model = load_sd_model(registry.entry(args.name), device=args.device)
-    unet = sum(p.numel() for p in model.unet.parameters())
-    print(f"{model.name}: loaded on {model.device} as {model.dtype}")
-    print(f"  UNet {unet / 1e6:.1f} M parameters, sample size {model.unet.config.sample_size}, "
-          f"prediction {model.prediction_type}, VAE scale {model.vae.config.scaling_factor}")
-    print(f"  fingerprint {model.fingerprint}")
+    entry = registry.entry(args.name)
+    model = load(entry, device=args.device)
+    kind = KINDS[entry.kind]
+    print(f"{entry.name} ({kind.label}): loaded on {model.device} as {str(model.dtype).removeprefix('torch.')}, "
+          f"fingerprint {model.fingerprint}")
+    print(f"  {kind.probe(model)}")
     return 0
 
 

@@ -76,11 +76,11 @@ class Server:
     def __init__(self, bind: str = DEFAULT_BIND, jobs_dir: str | Path = "cvgen-jobs",
                  devices: list[str] | None = None, limits: Limits = Limits(),
                  models_file: str | Path | None = None, keys: ServerKeys | None = None,
-                 paths: PathPolicy | None = None) -> None:
+                 paths: PathPolicy | None = None, model_memory: int | None = None) -> None:
         from .core.models import ModelCache, ModelRegistry
 
         check_bind(bind, keys)
-        self.models = ModelCache(ModelRegistry.load(models_file))
+        self.models = ModelCache(ModelRegistry.load(models_file), model_memory)
         self.store = JobStore(jobs_dir)
         self.limits = limits
         if paths is None:

@@ -44,6 +44,6 @@ def cvgen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_model_path(cvgen_cache: Path) -> Path:
     """The built-in tiny Stable Diffusion model, saved in diffusers layout once per test run."""
-    from cvgen.server.core.tiny import ensure_tiny
+    from cvgen.server.core.models import ensure_builtin
 
-    return ensure_tiny(cvgen_cache / "models")
+    return ensure_builtin("sd")

@@ -71,10 +71,33 @@ def test_models_list_and_check(tmp_path, tiny_model_path):
     models_file.write_text(f'default = "mine"\n[models.mine]\npath = "{tiny_model_path}"\n')
     listed = cvgen("models", "--models", str(models_file), "list")
     assert listed.returncode == 0, listed.stderr
-    assert "* mine" in listed.stdout and "tiny" in listed.stdout
+    rows = {line[2:].split()[0]: [line[0], *line[2:].split()] for line in listed.stdout.splitlines()[1:]
+            if line[:1] in "* " and line[2:3] != " "}
+    assert rows["mine"][:6] == ["*", "mine", "sd", "auto", "auto", "1.2"] and rows["mine"][6] == "M"
+    assert rows["tiny"][:4] == [" ", "tiny", "sd", "auto"] and rows["tiny"][-1].endswith("tiny-v1")
+    for kind in ("controlnet", "ip_adapter", "depth", "svd", "t2v", "lora", "clip", "pickscore"):
+        name = "tiny-" + kind.replace("_", "-")
+        assert rows[name][:3] == ["*", name, kind], listed.stdout
+        assert rows[name][6] in ("K", "M"), f"{name} lists no parameter count"
     checked = cvgen("models", "--models", str(models_file), "check", "mine")
     assert checked.returncode == 0, checked.stderr
-    assert "mine: loaded on cpu as torch.float32" in checked.stdout and "prediction epsilon" in checked.stdout
+    assert "mine (Stable Diffusion): loaded on cpu as float32" in checked.stdout
+    assert "prediction epsilon" in checked.stdout and "one UNet step on 8x8 latents: (1, 4, 8, 8)" in checked.stdout
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "ip_adapter", "depth", "svd", "t2v", "lora", "clip", "pickscore"])
+def test_models_check_runs_every_builtin_kind(kind, capsys):
+    from cvgen.server.cli import main
+
+    name = "tiny-" + kind.replace("_", "-")
+    assert main(["models", "check", name]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} (") and "loaded on cpu as float32" in out and len(out.splitlines()) == 2
+
+
+def test_model_memory_must_be_a_size():
+    result = cvgen("serve", "--model-memory", "lots")
+    assert result.returncode == 2 and "'lots' is not a memory size" in result.stderr
 
 
 def test_models_check_names_what_is_wrong(tmp_path):

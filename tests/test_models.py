@@ -23,11 +23,11 @@ from cvgen.server.core.models import (
     ModelCache,
     ModelEntry,
     ModelRegistry,
+    builtin_folder,
     cache_dir,
     choose_device,
     load_sd_model,
 )
-from cvgen.server.core.tiny import TINY_VERSION
 from cvgen.server.errors import ModelNotFound
 
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -38,8 +38,8 @@ def isolated(tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPa
     """A private cache and home; the built-in tiny resolves to the session's saved copy."""
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
-    (cache / "models" / f"tiny-v{TINY_VERSION}").symlink_to(tiny_model_path, target_is_directory=True)
     monkeypatch.setenv("CVGEN_CACHE", str(cache))
+    builtin_folder("sd").symlink_to(tiny_model_path, target_is_directory=True)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CVGEN_MODELS", raising=False)
     return cache
@@ -81,13 +81,18 @@ def test_cache_dir_follows_cvgen_cache_else_home(isolated: Path, tmp_path: Path,
     assert cache_dir() == tmp_path / "home" / ".cache" / "cvgen"
 
 
-def test_without_a_models_file_only_the_builtin_tiny_exists() -> None:
+def test_without_a_models_file_only_the_builtin_tiny_models_exist() -> None:
     registry = ModelRegistry.load()
-    assert registry.names() == ["tiny"] and registry.default == "tiny"
+    assert registry.names() == ["tiny", "tiny-controlnet", "tiny-ip-adapter", "tiny-depth", "tiny-svd", "tiny-t2v",
+                                "tiny-lora", "tiny-clip", "tiny-pickscore"]
+    assert registry.default == "tiny"
     entry = registry.entry("tiny")
-    assert entry.builtin and entry.kind == "diffusers"
-    assert entry.path == cache_dir() / "models" / f"tiny-v{TINY_VERSION}"
-    assert json.loads(json.dumps(registry.describe()))[0]["default"] is True
+    assert entry.builtin and entry.kind == "sd"
+    assert entry.path == cache_dir() / "models" / "tiny-v1"
+    described = json.loads(json.dumps(registry.describe()))
+    assert all(row["default"] and row["builtin"] for row in described)
+    assert {row["kind"] for row in described} == {"sd", "controlnet", "ip_adapter", "depth", "svd", "t2v", "lora",
+                                                  "clip", "pickscore"}
 
 
 def test_models_file_is_found_in_cvgen_models_then_the_user_config(tmp_path: Path,
@@ -95,10 +100,10 @@ def test_models_file_is_found_in_cvgen_models_then_the_user_config(tmp_path: Pat
     user = tmp_path / "home" / ".config" / "cvgen"
     user.mkdir(parents=True)
     models_file(user, '[models.user]\npath = "user-model"\n')
-    assert ModelRegistry.load().names() == ["user", "tiny"]
+    assert ModelRegistry.load().names()[:2] == ["user", "tiny"]
     monkeypatch.setenv("CVGEN_MODELS", str(models_file(tmp_path, 'default = "env"\n[models.env]\npath = "m"\n')))
     registry = ModelRegistry.load()
-    assert registry.names() == ["env", "tiny"] and registry.default == "env"
+    assert registry.names()[:2] == ["env", "tiny"] and registry.default == "env"
 
 
 def test_entries_resolve_relative_paths_and_pick_the_kind(tmp_path: Path) -> None:
@@ -113,9 +118,9 @@ def test_entries_resolve_relative_paths_and_pick_the_kind(tmp_path: Path) -> Non
         dtype = "float16"
     """))
     folder, file = registry.entry("folder"), registry.entry("file")
-    assert folder.path == tmp_path / "sd15" and folder.kind == "diffusers" and not folder.builtin
-    assert file == ModelEntry("file", tmp_path / "ckpt" / "v2-1_768.safetensors", "single_file",
-                              Path("/models/stable-diffusion-2-1"), "v_prediction", "cuda:1", "float16")
+    assert folder.path == tmp_path / "sd15" and folder.kind == "sd" and not folder.builtin
+    assert file == ModelEntry("file", "sd", tmp_path / "ckpt" / "v2-1_768.safetensors", "cuda:1", "float16",
+                              {"config": Path("/models/stable-diffusion-2-1"), "prediction_type": "v_prediction"})
     assert file.describe()["config"] == "/models/stable-diffusion-2-1"
 
 
@@ -131,9 +136,9 @@ def test_a_models_file_entry_for_the_tiny_folder_loads_the_same_weights(tiny_mod
 
 
 def test_fingerprint_follows_the_weights_not_the_folder(tiny_model_path: Path, tmp_path: Path) -> None:
-    original = load_sd_model(ModelEntry("a", tiny_model_path, "diffusers"))
-    same = load_sd_model(ModelEntry("b", Path(shutil.copytree(tiny_model_path, tmp_path / "copy")), "diffusers"))
-    changed = load_sd_model(ModelEntry("c", copy_with_changed_unet(tiny_model_path, tmp_path / "changed"), "diffusers"))
+    original = load_sd_model(ModelEntry("a", "sd", tiny_model_path))
+    same = load_sd_model(ModelEntry("b", "sd", Path(shutil.copytree(tiny_model_path, tmp_path / "copy"))))
+    changed = load_sd_model(ModelEntry("c", "sd", copy_with_changed_unet(tiny_model_path, tmp_path / "changed")))
     assert same.fingerprint == original.fingerprint
     assert changed.fingerprint != original.fingerprint
     assert not torch.equal(unet_output(changed), unet_output(original))
@@ -183,15 +188,17 @@ def test_choose_device_defaults_and_refusals() -> None:
 
 
 def test_model_cache_loads_each_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cvgen.server.core import models
+    from cvgen.server.core.models import KINDS
 
-    loads: list[tuple[str, str | None, str | None]] = []
+    sd = KINDS["sd"]
+    loads: list[tuple[str, str, str]] = []
+    plain_load = sd.load
 
-    def counting_load(entry: ModelEntry, device: str | None = None, dtype: str | None = None):
-        loads.append((entry.name, device, dtype))
-        return load_sd_model(entry, device, dtype)
+    def counting_load(entry: ModelEntry, device, dtype):
+        loads.append((entry.name, str(device), str(dtype)))
+        return plain_load(entry, device, dtype)
 
-    monkeypatch.setattr(models, "load_sd_model", counting_load)
+    monkeypatch.setattr(sd, "load", counting_load)
     cache = ModelCache(ModelRegistry.load())
     results = []
     threads = [threading.Thread(target=lambda: results.append(cache.get("tiny"))) for _ in range(4)]
@@ -200,9 +207,8 @@ def test_model_cache_loads_each_key_once(monkeypatch: pytest.MonkeyPatch) -> Non
     for thread in threads:
         thread.join()
     assert len(results) == 4 and all(model is results[0] for model in results)
-    assert cache.get("tiny", "cpu", "float32") is results[0]
-    assert cache.get("tiny", "cpu", "bfloat16") is not results[0]
-    assert loads == [("tiny", "cpu", "float32"), ("tiny", "cpu", "bfloat16")]
+    assert cache.get("", "sd", "cpu") is results[0]
+    assert loads == [("tiny", "cpu", "torch.float32")]
     assert cache.registry.default == "tiny"
 
 
@@ -210,8 +216,7 @@ def test_model_cache_loads_each_key_once(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def entry_for(path: Path, config: Path | None = None) -> ModelEntry:
-    kind = "single_file" if path.suffix == ".safetensors" else "diffusers"
-    return ModelEntry("broken", path, kind, config)
+    return ModelEntry("broken", "sd", path, options={"config": config} if config else {})
 
 
 def damaged_unet(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
@@ -277,7 +282,7 @@ def pickle_checkpoint(tiny: Path, tmp: Path) -> tuple[ModelEntry, str]:
 
 @pytest.mark.parametrize("make", [
     lambda tiny, tmp: (entry_for(tmp / "missing"), str(tmp / "missing")),
-    lambda tiny, tmp: (entry_for(tmp), "no model_index.json"),
+    lambda tiny, tmp: (entry_for(tmp), "lacks model_index.json"),
     without_unet,
     pickled_unet,
     damaged_unet,
@@ -382,7 +387,7 @@ def test_folders_with_old_scheduler_configs_sample_as_diffusers_does(config: dic
     expected = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=z_t.clone(), height=64, width=64,
                     num_inference_steps=steps, guidance_scale=guidance, output_type="latent").images
 
-    model = load_sd_model(ModelEntry("old", folder, "diffusers"))
+    model = load_sd_model(ModelEntry("old", "sd", folder))
     got = ddim_sample(guided_eps(model.unet, cond, uncond, guidance), model.scheduler, z_t,
                       sampling_timesteps(model.scheduler, steps), steps=steps)
     assert (got - expected).abs().max().item() < 1e-5
@@ -403,7 +408,7 @@ def round_trip_error(model) -> tuple[torch.Tensor, float]:
 
 def test_a_folder_with_sd14s_scheduler_config_inverts_and_samples_back(tiny_model_path: Path, tmp_path: Path) -> None:
     folder = with_scheduler_config(tiny_model_path, tmp_path / "sd14", SD14_SCHEDULER)
-    back, error = round_trip_error(load_sd_model(ModelEntry("sd14", folder, "diffusers")))
+    back, error = round_trip_error(load_sd_model(ModelEntry("sd14", "sd", folder)))
     reference, _ = round_trip_error(load_sd_model(ModelRegistry.load().entry("tiny")))
     # The tiny model's own folder comes back to 0.24 here (first order in the step size); with the
     # predicted clean latent clamped every step it was 2.3.
@@ -417,5 +422,5 @@ def test_sample_clipping_and_thresholding_are_off_whatever_the_config_says(tiny_
     config = json.loads((tiny_model_path / "scheduler" / "scheduler_config.json").read_text())
     folder = with_scheduler_config(tiny_model_path, tmp_path / "on", {**config, "clip_sample": True,
                                                                        "thresholding": True})
-    scheduler = load_sd_model(ModelEntry("on", folder, "diffusers")).scheduler
+    scheduler = load_sd_model(ModelEntry("on", "sd", folder)).scheduler
     assert scheduler.config.clip_sample is False and scheduler.config.thresholding is False

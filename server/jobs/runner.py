@@ -35,6 +35,8 @@ class CheckedJob:
     op: OpSpec
     params: dict[str, Any]
     colorspace: str
+    #: The models the job's model parameters name, defaults resolved (parameter -> entry name).
+    models: dict[str, str]
 
 
 def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = None) -> CheckedJob:
@@ -45,8 +47,8 @@ def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = N
     """
     op = get_op(spec.op)
     params = op.resolve_params(spec.params)
-    if op.uses_model and registry is not None:
-        registry.entry(params["model"] or registry.default)
+    models = {param.name: registry.entry(params[param.name], param.model_kind).name
+              for param in op.params if param.model_kind and registry is not None}
     colorspace = check_colorspace(spec.colorspace)
     given = set(spec.inputs) | set(inline_roles)
     allowed = set(op.inputs) | set(op.optional_inputs)
@@ -56,7 +58,7 @@ def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = N
     missing = [r for r in op.inputs if r not in given]
     if missing:
         raise ProtocolError(f"{op.name} needs a {' and a '.join(missing)} input")
-    return CheckedJob(op, params, colorspace)
+    return CheckedJob(op, params, colorspace, models)
 
 
 class ProgressClock:
@@ -67,13 +69,19 @@ class ProgressClock:
         self.total = max(len(todo), 1)
         self.start = time.monotonic()
         self.fraction = 0.0
+        self.frame, self.step, self.steps = todo[0] if todo else 0, 0, 0
 
     def update(self, frame: int, step: int, steps: int) -> dict[str, Any]:
         within = min(max(step / steps, 0.0), 1.0) if steps > 0 else 0.0
         self.fraction = max(self.fraction, (self.index.get(frame, 0) + within) / self.total)
         elapsed = time.monotonic() - self.start
         eta = elapsed * (1 - self.fraction) / self.fraction if self.fraction > 0 else None
+        self.frame, self.step, self.steps = frame, step, steps
         return {"frame": frame, "step": step, "steps": steps, "fraction": self.fraction, "eta_s": eta}
+
+    def note(self, text: str) -> dict[str, Any]:
+        """A progress report that says what the job is doing between steps ("loading svd ...")."""
+        return {**self.update(self.frame, self.step, self.steps), "note": text}
 
 
 def run_job(
@@ -117,14 +125,6 @@ def run_job(
     warmup = checked.op.warmup if warmup is None else warmup
     if warmup < 0:
         raise ProtocolError(f"warm-up must be 0 or more frames, not {warmup}")
-    load_model = None
-    model_name = ""
-    if cache is not None:
-        model_name = checked.params["model"] or cache.registry.default
-
-        def load_model(name: str) -> Any:
-            return cache.get(name or cache.registry.default, device)
-
     wanted = list(frames) if frames is not None else list(spec.frame_numbers)
     outside = [f for f in wanted if f not in spec.frame_numbers]
     if outside:
@@ -146,13 +146,14 @@ def run_job(
         return []
     shot.check_headers(lambda channels: checked.op.check_channels(channels, set(spec.inputs)))
     clock = ProgressClock(todo)
+    lease = cache.lease(device, lambda text: on_progress(clock.note(text))) if cache is not None else None
     ctx = OpContext(
         todo=todo,
         colorspace=checked.colorspace,
         seed=spec.seed,
         on_step=lambda f, s, n: on_progress(clock.update(f, s, n)),
         is_cancelled=is_cancelled,
-        load_model=load_model,
+        load_model=lease.get if lease is not None else None,
         cache_dir=_cache_dir() if checked.op.uses_model else None,
         warmup=warmup,
     )
@@ -160,7 +161,8 @@ def run_job(
     provenance = {
         f"cvgen:{key}": value
         for key, value in {
-            "model": model_name,
+            "model": checked.models.get("model", ""),
+            "models": json.dumps(checked.models, sort_keys=True),
             "op": spec.op,
             "params": json.dumps(checked.params, sort_keys=True),
             "seed": str(spec.seed),
@@ -169,6 +171,13 @@ def run_job(
             "job": spec.job_id or "",
         }.items()
     }
+    with lease if lease is not None else nullcontext():
+        return _write_frames(checked, spec, shot, ctx, output_dir, target, provenance, clock, on_frame)
+
+
+def _write_frames(checked: CheckedJob, spec: JobSpec, shot: FileShot, ctx: OpContext, output_dir: Path,
+                  target: Any, provenance: dict[str, str], clock: ProgressClock,
+                  on_frame: Callable[[int, Path, Image], None]) -> list[int]:
     written = []
     for frame, image in checked.op.run(shot, checked.params, ctx):
         if frame not in clock.index:

@@ -32,6 +32,9 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] = ()
+    #: For a model name: the kind of models-file entry it names ("sd", "controlnet", ...); empty
+    #: means that kind's default.
+    model_kind: str | None = None
 
     def check(self, value: Any) -> Any:
         """The value, converted to the parameter's type; out-of-range values name the limit."""
@@ -56,6 +59,8 @@ class Param:
             out["max"] = self.max
         if self.choices:
             out["choices"] = list(self.choices)
+        if self.model_kind:
+            out["model_kind"] = self.model_kind
         return out
 
 
@@ -78,7 +83,7 @@ class OpContext:
     seed: int = 0
     on_step: Callable[[int, int, int], None] = lambda frame, step, steps: None
     is_cancelled: Callable[[], bool] = lambda: False
-    load_model: Callable[[str], Any] | None = None
+    load_model: Callable[[str, str], Any] | None = None
     cache_dir: Path | None = None
     #: Frames of the shot to render, and discard, before the first of `todo` (see `OpSpec.warmup`).
     warmup: int = 0
@@ -89,11 +94,14 @@ class OpContext:
             raise Cancelled("the job was cancelled")
         self.on_step(frame, step, steps)
 
-    def model(self, name: str) -> Any:
-        """The named model, loaded on this job's device (kept loaded between jobs by the worker)."""
+    def model(self, name: str, kind: str = "sd") -> Any:
+        """The named model of `kind` (empty: the kind's default), loaded on this job's device.
+
+        The worker keeps it loaded between jobs, and never unloads it while this job runs.
+        """
         if self.load_model is None:
             raise ModelNotFound(f"this run has no model registry, so model {name!r} cannot be loaded")
-        return self.load_model(name)
+        return self.load_model(name, kind)
 
 
 RunFn = Callable[[Shot, dict[str, Any], OpContext], Iterator[tuple[int, Image]]]
@@ -112,13 +120,16 @@ class OpSpec:
     inputs: tuple[str, ...]
     optional_inputs: tuple[str, ...]
     run: RunFn
-    uses_model: bool = False
     #: Frames an op that carries state from frame to frame renders, and discards, before the first
     #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
     warmup: int = 0
     #: Refuses, before the job is queued, input frames without the channels the op reads
     #: (role -> channel names of a frame sent inline; the job's input roles).
     check_channels: ChannelCheck = _any_channels
+
+    @property
+    def uses_model(self) -> bool:
+        return any(p.model_kind for p in self.params)
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in and every value checked, before any work starts."""

@@ -52,7 +52,8 @@ StepFn = Callable[[int, int], None]
 PARAMS = (
     Param("prompt", "str", "", "what the result should look like (may be empty)"),
     Param("negative_prompt", "str", "", "what it should not look like"),
-    Param("model", "str", "", "model name from the server's models file (empty: its default)"),
+    Param("model", "str", "", "Stable Diffusion model from the server's models file (empty: its default)",
+          model_kind="sd"),
     Param("strength", "float", 0.5, "how much of the schedule is inverted and regenerated: low stays close to "
           "the composite, high lets the foreground change more", 0.0, 1.0),
     Param("steps", "int", 20, "sampling steps of the full schedule", 1, 200),
@@ -276,7 +277,6 @@ OP = OpSpec(
     inputs=("plate", "fg"),
     optional_inputs=("matte",),
     run=run,
-    uses_model=True,
     warmup=2,
     check_channels=check_layer_channels,
 )
