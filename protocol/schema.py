@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ProtocolError
 
-#: Parameter types of protocol 1.0.
+#: Parameter types of protocol 1.0 (the server's ops declare theirs with `ParamSchema` too).
 PARAM_TYPES = ("float", "int", "bool", "str", "choice")
 
 
@@ -34,6 +34,21 @@ class ParamSchema:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] = ()
+    #: For a text parameter that names a model: the kind of model it takes (added in 1.3).
+    model_kind: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter as `hello` sends it (`parse_ops` reads it back to an equal schema)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.model_kind:
+            out["model_kind"] = self.model_kind
+        return out
 
     def check(self, value: Any, label: str = "") -> Any:
         """`value` as the wire value of this parameter, or a `ProtocolError` saying what is wrong
@@ -60,10 +75,13 @@ class ParamSchema:
             if number != int(number):
                 raise ProtocolError(f"{where} must be a whole number, not {value!r}")
             number = int(number)
-        if self.min is not None and number < self.min:
-            raise ProtocolError(f"{where} must be at least {self.min:g}; it is {number:g}")
-        if self.max is not None and number > self.max:
-            raise ProtocolError(f"{where} must be at most {self.max:g}; it is {number:g}")
+        low = self.min is not None and number < self.min
+        if low or self.max is not None and number > self.max:
+            if self.min is not None and self.max is not None:
+                bounds = f"between {self.min:g} and {self.max:g}"
+            else:
+                bounds = f"at least {self.min:g}" if low else f"at most {self.max:g}"
+            raise ProtocolError(f"{where} must be {bounds}; it is {number:g}")
         return number
 
 
@@ -128,6 +146,7 @@ def _param(data: Any, index: int, op: str) -> ParamSchema | None:
         min=_limit(data.get("min"), f"the min of {where}"),
         max=_limit(data.get("max"), f"the max of {where}"),
         choices=choices,
+        model_kind=_text(data["model_kind"], f"the model_kind of {where}") if data.get("model_kind") else None,
     )
 
 

@@ -222,7 +222,7 @@ def test_server_errors_reach_the_artist_as_a_sentence(server: ServerProcess, tmp
     shot = make_shot(tmp_path / "shot", range(1001, 1004))
     worker = jobs.JobWorker(request(server, shot, tmp_path, params={"strength": 7.0})).start()
     finished = wait_finished(worker)
-    assert finished.error == "cvgen server: parameter strength must be between 0.0 and 1.0 but is 7.0 (bad_request)"
+    assert finished.error == "cvgen server: colormatch strength must be between 0 and 1; it is 7 (bad_request)"
     assert not finished.cancelled
 
 

@@ -274,9 +274,9 @@ def test_bad_channels_and_pixel_types_are_refused_clearly() -> None:
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"strength": 1.5}, "strength must be between 0.0 and 1.0"),
+        ({"strength": 1.5}, "colormatch strength must be between 0 and 1; it is 1.5"),
         ({"feather": -1.0}, "feather must be between"),
-        ({"temporal": "lots"}, "temporal must be float"),
+        ({"temporal": "lots"}, "colormatch temporal must be a number, not 'lots'"),
         ({"gain": 2.0}, "colormatch has no parameter gain"),
     ],
 )

@@ -152,7 +152,7 @@ def test_cancel_stops_within_a_step_and_leaves_no_partial_frame(models, tmp_path
 
 
 def test_bad_parameters_are_refused_before_work(models, tmp_path):
-    with pytest.raises(ProtocolError, match="strength must be between 0.0 and 1.0"):
+    with pytest.raises(ProtocolError, match="harmonize strength must be between 0 and 1; it is 1.5"):
         OP.resolve_params({"strength": 1.5})
     shot = make_shot(tmp_path / "shot", range(1, 2))
     with pytest.raises(InputError, match="inverts no step"):

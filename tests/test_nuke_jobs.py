@@ -108,8 +108,8 @@ def test_harmonize_takes_the_shared_prompt_and_whole_step_counts(tmp_path):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"colormatch__strength": 1.5}, "colormatch strength must be at most 1; it is 1.5"),
-    ({"colormatch__radius": 0.0}, "colormatch radius must be at least 0.002"),
+    ({"colormatch__strength": 1.5}, "colormatch strength must be between 0 and 1; it is 1.5"),
+    ({"colormatch__radius": 0.0}, "colormatch radius must be between 0.002 and 1; it is 0"),
     ({"colormatch__feather": float("nan")}, "colormatch feather must be a number"),
     ({knobs.OP: "harmonize", "harmonize__steps": 2.5}, "harmonize steps must be a whole number"),
     ({knobs.OP: "restyle"}, "op 'restyle' is not offered by this server; it offers colormatch, harmonize"),

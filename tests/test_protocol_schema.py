@@ -26,8 +26,7 @@ def test_a_real_servers_hello_parses_into_its_ops(server: ServerProcess) -> None
     for name, op in all_ops().items():
         parsed = ops[name]
         assert (parsed.summary, parsed.inputs, parsed.optional_inputs) == (op.summary, op.inputs, op.optional_inputs)
-        assert [(p.name, p.type, p.default, p.help, p.min, p.max, p.choices) for p in parsed.params] == [
-            (p.name, p.kind, p.default, p.help, p.min, p.max, p.choices) for p in op.params]
+        assert parsed.params == op.params  # the server declares with the schema hosts read: one check
     colormatch = ops["colormatch"]
     assert colormatch.roles == ("plate", "fg", "matte")
     assert colormatch.params[0] == ParamSchema("strength", "float", 1.0, colormatch.params[0].help, 0.0, 1.0)
@@ -89,8 +88,8 @@ def test_check_gives_the_wire_value(param: ParamSchema, value: Any, sent: Any) -
 
 
 @pytest.mark.parametrize(("param", "value", "words"), [
-    (STRENGTH, 1.5, "strength must be at most 1; it is 1.5"),
-    (STRENGTH, -0.5, "strength must be at least 0; it is -0.5"),
+    (STRENGTH, 1.5, "strength must be between 0 and 1; it is 1.5"),
+    (STRENGTH, -0.5, "strength must be between 0 and 1; it is -0.5"),
     (STRENGTH, math.nan, "strength must be a number, not nan"),
     (STRENGTH, True, "strength must be a number, not True"),
     (STRENGTH, "0.5", "strength must be a number, not '0.5'"),
@@ -111,3 +110,24 @@ def test_the_module_is_python_3_9_syntax_for_nuke() -> None:
     source = SCHEMA_PY.read_text()
     ast.parse(source, feature_version=(3, 9))
     assert "from __future__ import annotations" in source
+
+
+@pytest.mark.parametrize("value, words", [(4.0, None), (2.5, "harmonize steps must be a whole number, not 2.5"),
+                                          (0, "harmonize steps must be between 1 and 200; it is 0"),
+                                          (True, "harmonize steps must be a number, not True")])
+def test_the_server_and_the_hosts_check_a_value_alike(server: ServerProcess, value: Any, words: str | None) -> None:
+    """One check: what a host lets through, the server takes, and what it refuses, both word alike
+    (the server used to refuse a whole float for an int that hosts' widgets send)."""
+    from cvgen.server.ops import get_op
+
+    with Client(server.endpoint, timeout=10) as client:
+        steps = next(p for op in parse_ops(client.hello()) if op.name == "harmonize" for p in op.params
+                     if p.name == "steps")
+    if words is None:
+        assert steps.check(value, "harmonize steps") == get_op("harmonize").resolve_params({"steps": value})["steps"] == 4
+        return
+    with pytest.raises(ProtocolError) as host:
+        steps.check(value, "harmonize steps")
+    with pytest.raises(ProtocolError) as on_server:
+        get_op("harmonize").resolve_params({"steps": value})
+    assert str(host.value) == str(on_server.value) == words

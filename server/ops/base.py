@@ -8,60 +8,18 @@ finished frames; the job runner writes them. The same op runs under the server, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, Protocol, Sequence
 
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.images import Image
+from cvgen.protocol.schema import ParamSchema
 
 from ..errors import Cancelled, ModelNotFound
 
-_KINDS = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "choice": (str,)}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One op parameter as hosts see it in `hello`: type, default, range and a one-line help."""
-
-    name: str
-    kind: str
-    default: Any
-    help: str
-    min: float | None = None
-    max: float | None = None
-    choices: tuple[str, ...] = ()
-    #: For a model name: the kind of models-file entry it names ("sd", "controlnet", ...); empty
-    #: means that kind's default.
-    model_kind: str | None = None
-
-    def check(self, value: Any) -> Any:
-        """The value, converted to the parameter's type; out-of-range values name the limit."""
-        types = _KINDS[self.kind]
-        if isinstance(value, bool) and self.kind != "bool" or not isinstance(value, types):
-            raise ProtocolError(f"parameter {self.name} must be {self.kind} but is {value!r}")
-        if self.kind == "float":
-            value = float(value)
-            if not math.isfinite(value):
-                raise ProtocolError(f"parameter {self.name} must be a finite number but is {value}")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise ProtocolError(f"parameter {self.name} must be between {self.min} and {self.max} but is {value}")
-        if self.kind == "choice" and value not in self.choices:
-            raise ProtocolError(f"parameter {self.name} must be one of {', '.join(self.choices)} but is {value!r}")
-        return value
-
-    def schema(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "type": self.kind, "default": self.default, "help": self.help}
-        if self.min is not None:
-            out["min"] = self.min
-        if self.max is not None:
-            out["max"] = self.max
-        if self.choices:
-            out["choices"] = list(self.choices)
-        if self.model_kind:
-            out["model_kind"] = self.model_kind
-        return out
+#: Ops declare parameters with the protocol's own schema, so server and hosts check values alike.
+Param = ParamSchema
 
 
 class Shot(Protocol):
@@ -139,7 +97,8 @@ class OpSpec:
             raise ProtocolError(
                 f"{self.name} has no parameter {', '.join(unknown)}; it takes {', '.join(by_name) or 'none'}"
             )
-        return {name: p.check(given[name]) if name in given else p.default for name, p in by_name.items()}
+        return {name: p.check(given[name], f"{self.name} {name}") if name in given else p.default
+                for name, p in by_name.items()}
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -147,5 +106,5 @@ class OpSpec:
             "summary": self.summary,
             "inputs": list(self.inputs),
             "optional_inputs": list(self.optional_inputs),
-            "params": [p.schema() for p in self.params],
+            "params": [p.describe() for p in self.params],
         }
