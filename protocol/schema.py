@@ -22,6 +22,42 @@ from .errors import ProtocolError
 #: Parameter types of protocol 1.0 (the server's ops declare theirs with `ParamSchema` too).
 PARAM_TYPES = ("float", "int", "bool", "str", "choice")
 
+#: Input role kinds of protocol 1.3: one frame per shot frame, or one image for the whole shot.
+#: A kind a later version adds is kept as given, so a host can say the op needs a newer host.
+ROLE_KINDS = ("sequence", "image")
+
+#: Labels of the roles of protocol 1.0-1.2 servers, whose `hello` gives input names only.
+ROLE_LABELS = {"plate": "Plate", "fg": "Foreground", "matte": "Matte", "depth": "Depth"}
+
+
+def role_label(name: str) -> str:
+    """The label of a role a 1.1/1.2 server names without one: `clean_plate` -> "Clean plate"."""
+    return ROLE_LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+@dataclass(frozen=True)
+class RoleSchema:
+    """One input of an op (added in 1.3): its label, whether it is a `sequence` (one frame per
+    frame of the shot) or an `image` (one file for the whole shot), whether the op needs it, the
+    channels it reads (empty: any), and one line of help."""
+
+    name: str
+    label: str = ""
+    kind: str = "sequence"
+    required: bool = True
+    channels: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def known(self) -> bool:
+        """Whether this version knows the role's kind (else the op needs a newer host)."""
+        return self.kind in ROLE_KINDS
+
+    def describe(self) -> dict[str, Any]:
+        """The role as `hello` sends it (`parse_op` reads it back to an equal schema)."""
+        return {"name": self.name, "label": self.label, "kind": self.kind, "required": self.required,
+                "channels": list(self.channels), "help": self.help}
+
 
 @dataclass(frozen=True)
 class ParamSchema:
@@ -87,18 +123,52 @@ class ParamSchema:
 
 @dataclass(frozen=True)
 class OpSchema:
-    """What `hello` says about one op: its inputs by role, and its parameters in order."""
+    """What `hello` says about one op: its inputs by role, and its parameters in order.
+
+    `role_schemas` describe each input (1.3); `inputs` and `optional_inputs` name them. Given only
+    one of the two, the other is made from it (names only: sequence roles with the labels of
+    `role_label`), so the two always agree.
+    """
 
     name: str
     summary: str = ""
     inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     params: tuple[ParamSchema, ...] = ()
+    role_schemas: tuple[RoleSchema, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role_schemas and not (self.inputs or self.optional_inputs):
+            object.__setattr__(self, "inputs", tuple(r.name for r in self.role_schemas if r.required))
+            object.__setattr__(self, "optional_inputs", tuple(r.name for r in self.role_schemas if not r.required))
+        elif not self.role_schemas:
+            object.__setattr__(self, "role_schemas", sequence_roles(self.inputs, self.optional_inputs))
 
     @property
     def roles(self) -> tuple[str, ...]:
         """Every input role the op takes, required ones first."""
         return self.inputs + self.optional_inputs
+
+    def role(self, name: str) -> RoleSchema | None:
+        """The schema of input role `name`, None when the op takes no such input."""
+        return next((r for r in self.role_schemas if r.name == name), None)
+
+    def describe(self) -> dict[str, Any]:
+        """The op as `hello` sends it (`parse_op` reads it back to an equal schema)."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "inputs": list(self.inputs),
+            "optional_inputs": list(self.optional_inputs),
+            "roles": [r.describe() for r in self.role_schemas],
+            "params": [p.describe() for p in self.params],
+        }
+
+
+def sequence_roles(inputs: tuple[str, ...], optional_inputs: tuple[str, ...]) -> tuple[RoleSchema, ...]:
+    """The roles of an op a 1.1/1.2 server describes by input names only: all sequences."""
+    return tuple(RoleSchema(name, role_label(name), "sequence", name in inputs)
+                 for name in inputs + tuple(n for n in optional_inputs if n not in inputs))
 
 
 def parse_ops(hello: dict[str, Any]) -> tuple[OpSchema, ...]:
@@ -118,12 +188,46 @@ def parse_op(data: Any, where: str = "op") -> OpSchema:
     name = _name(data, f"{where} of hello")
     where = f"op {name!r}"
     params = tuple(_param(p, i, where) for i, p in enumerate(_list(data.get("params"), f"the params of {where}")))
+    inputs = _texts(data.get("inputs"), f"the inputs of {where}")
+    optional = _texts(data.get("optional_inputs"), f"the optional_inputs of {where}")
+    if data.get("roles") is None:  # a 1.1/1.2 server: names only
+        roles = sequence_roles(inputs, optional)
+    else:
+        roles = tuple(_role(r, i, where) for i, r in enumerate(_list(data["roles"], f"the roles of {where}")))
+        names = [r.name for r in roles]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ProtocolError(f"the roles of {where} name {', '.join(repr(n) for n in twice)} more than once")
+        inputs = tuple(r.name for r in roles if r.required)
+        optional = tuple(r.name for r in roles if not r.required)
     return OpSchema(
         name=name,
         summary=_text(data.get("summary", ""), f"the summary of {where}"),
-        inputs=_texts(data.get("inputs"), f"the inputs of {where}"),
-        optional_inputs=_texts(data.get("optional_inputs"), f"the optional_inputs of {where}"),
+        inputs=inputs,
+        optional_inputs=optional,
         params=tuple(p for p in params if p is not None),
+        role_schemas=roles,
+    )
+
+
+def _role(data: Any, index: int, op: str) -> RoleSchema:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"role {index} of {op} must be a map, not {type(data).__name__}")
+    name = _name(data, f"role {index} of {op}")
+    where = f"role {name!r} of {op}"
+    required = data.get("required", True)
+    if not isinstance(required, bool):
+        raise ProtocolError(f"the required of {where} must be true or false, not {required!r}")
+    kind = _text(data.get("kind", "sequence"), f"the kind of {where}")
+    if not kind:
+        raise ProtocolError(f"the kind of {where} is empty")
+    return RoleSchema(
+        name=name,
+        label=_text(data.get("label") or role_label(name), f"the label of {where}"),
+        kind=kind,
+        required=required,
+        channels=_texts(data.get("channels"), f"the channels of {where}"),
+        help=_text(data.get("help", ""), f"the help of {where}"),
     )
 
 

@@ -31,6 +31,7 @@ from .io.exr import NO_ROOM, write_exr
 from .jobs.runner import own_frames
 from .jobs.shot import FileShot
 from .jobs.store import JobRecord, JobStore
+from .ops import get_op
 
 log = logging.getLogger("cvgen.server")
 
@@ -105,11 +106,12 @@ def admit(store: JobStore, submission: Submission) -> Admission:
     spec = submission.spec
     try:
         if spec.inputs and not submission.inline:
-            FileShot(spec.inputs, spec.frame_numbers).check_complete()
+            FileShot(spec.inputs, spec.frame_numbers, image_roles=get_op(spec.op).image_roles).check_complete()
         # A new job's own folder holds no frames yet; a folder it names may (a resubmitted id).
         done = len(own_frames(spec, Path(spec.output))) if spec.output else 0
+        image_roles = get_op(spec.op).image_roles
         record = store.create(spec, prepare=lambda folder, final: stage_inline_inputs(
-            spec, submission.inline, folder / "inputs", final / "inputs"), owner=submission.owner)
+            spec, submission.inline, folder / "inputs", final / "inputs", image_roles), owner=submission.owner)
         return Admission(submission, record, done=done)
     except CvgenError as exc:
         return Admission(submission, code=exc.code, message=str(exc))
@@ -125,22 +127,25 @@ def admit(store: JobStore, submission: Submission) -> Admission:
         return Admission(submission, code="internal", message=f"unexpected {type(exc).__name__}: {exc}")
 
 
-def stage_inline_inputs(spec: JobSpec, inline: dict[str, dict[int, Image]], folder: Path, final: Path) -> None:
+def stage_inline_inputs(spec: JobSpec, inline: dict[str, dict[int, Image]], folder: Path, final: Path,
+                        image_roles: tuple[str, ...] = ()) -> None:
     """Store pixels that arrived in the request as EXRs in `folder`, flushed to disk, and point
     the job's inputs at them (in `final`, where the folder will be).
 
     The job then reads its inputs from files like any other, and resumes after a crash without
     the host sending the frames again. Frames that share one buffer of the message (a held
     frame, the same matte on every frame) are written once and hard-linked, so a small message
-    cannot make the server write far more than it received.
+    cannot make the server write far more than it received. An image role's one frame becomes
+    one file, `ROLE.exr`, which the job reads for every frame.
     """
     if not inline:
         return
     folder.mkdir()
     written: dict[tuple[Any, ...], Path] = {}
     for role, frames in inline.items():
+        template = f"{role}.exr" if role in image_roles else f"{role}.####.exr"
         for frame, image in frames.items():
-            path = folder / f"{role}.{frame:04d}.exr"
+            path = folder / (template if role in image_roles else f"{role}.{frame:04d}.exr")
             key = _buffer_key(image)
             if key in written:
                 os.link(written[key], path)
@@ -148,7 +153,7 @@ def stage_inline_inputs(spec: JobSpec, inline: dict[str, dict[int, Image]], fold
             write_exr(path, image)
             _flush(path)
             written[key] = path
-        spec.inputs[role] = str(final / f"{role}.####.exr")
+        spec.inputs[role] = str(final / template)
     _flush(folder)
 
 

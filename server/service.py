@@ -45,7 +45,7 @@ from .io.exr import NO_ROOM
 from .io.color import colorspace_names
 from .jobs.runner import check_job
 from .jobs.store import UNFINISHED, JobStore
-from .ops import all_ops
+from .ops import all_ops, get_op
 from .paths import PathPolicy
 from .workers import ActiveJob, Worker
 
@@ -305,7 +305,8 @@ class Server:
         checked = check_job(spec, inline, self.models.registry)
         roles = set(spec.inputs) | set(inline)
         for frame in spec.frame_numbers if inline else ():
-            checked.op.check_channels({role: frames[frame].channels for role, frames in inline.items()}, roles)
+            checked.op.check_channels({role: (frames.get(frame) or next(iter(frames.values()))).channels
+                                       for role, frames in inline.items()}, roles)
         subscriber = Subscriber(identity, msg.header, deliver == "inline")
         if spec.job_id in self.admitting:
             raise ProtocolError(f"job {spec.job_id} is being stored for another submit right now; "
@@ -383,6 +384,7 @@ class Server:
             raise ProtocolError("inline must map input roles to lists of frames")
         inline: dict[str, dict[int, Image]] = {}
         used: set[int] = set()
+        image_roles = get_op(spec.op).image_roles
         for role, entries in given.items():
             if role in spec.inputs:
                 raise ProtocolError(f"input {role!r} is given both as a path and inline")
@@ -401,6 +403,12 @@ class Server:
                     raise ProtocolError(f"{role} frame {entry['frame']} is {image.width}x{image.height}: no pixels")
                 self.limits.check_resolution(f"{role} frame {entry['frame']}", image.width, image.height)
                 frames[entry["frame"]] = image
+            if role in image_roles:
+                if len(frames) != 1:
+                    raise ProtocolError(f"inline {role} is an image (one frame for the whole shot) but has "
+                                        f"{len(frames)} entries; send one")
+                inline[role] = frames
+                continue
             missing = [f for f in spec.frame_numbers if f not in frames]
             extra = sorted(set(frames) - set(spec.frame_numbers))
             if missing or extra:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cvgen.protocol import ProtocolError
 from cvgen.protocol.client import Client
-from cvgen.protocol.schema import OpSchema, ParamSchema, parse_op, parse_ops
+from cvgen.protocol.schema import OpSchema, ParamSchema, RoleSchema, parse_op, parse_ops
 from cvgen.server.ops import all_ops
 from support import ServerProcess
 
@@ -32,6 +32,62 @@ def test_a_real_servers_hello_parses_into_its_ops(server: ServerProcess) -> None
     assert colormatch.params[0] == ParamSchema("strength", "float", 1.0, colormatch.params[0].help, 0.0, 1.0)
     # Every default the server announces passes the check a host runs before sending it.
     assert all(p.check(p.default) == p.default for op in ops.values() for p in op.params)
+
+
+def test_a_real_servers_hello_describes_each_input_role(server: ServerProcess) -> None:
+    with Client(server.endpoint, timeout=10) as client:
+        ops = {op.name: op for op in parse_ops(client.hello())}
+    for name, op in all_ops().items():
+        assert ops[name].role_schemas == op.roles  # label, kind, required, channels and help, as declared
+        assert (ops[name].inputs, ops[name].optional_inputs) == (op.inputs, op.optional_inputs)
+    plate, fg, matte = ops["harmonize"].role_schemas
+    assert [r.label for r in (plate, fg, matte)] == ["Plate", "Foreground", "Matte"]
+    assert {r.kind for r in (plate, fg, matte)} == {"sequence"} and (plate.required, matte.required) == (True, False)
+    assert plate.channels == ("R", "G", "B") and matte.channels == ("A",) and all(r.help for r in (plate, fg, matte))
+    assert ops["colormatch"].role("fg").label == "Foreground" and ops["colormatch"].role("depth") is None
+
+
+def test_a_hello_without_roles_gives_sequence_roles_named_by_their_inputs() -> None:
+    # A 1.1/1.2 server names its inputs only.
+    (op,) = parse_ops({"ops": [{"name": "grade", "inputs": ["plate", "fg"],
+                                "optional_inputs": ["matte", "depth", "clean_plate"]}]})
+    assert op.role_schemas == (
+        RoleSchema("plate", "Plate", "sequence", True), RoleSchema("fg", "Foreground", "sequence", True),
+        RoleSchema("matte", "Matte", "sequence", False), RoleSchema("depth", "Depth", "sequence", False),
+        RoleSchema("clean_plate", "Clean plate", "sequence", False),
+    )
+    assert op.roles == ("plate", "fg", "matte", "depth", "clean_plate")
+    assert OpSchema("grade", inputs=("plate",)).role_schemas == (RoleSchema("plate", "Plate"),)
+
+
+def test_roles_are_read_back_as_described_and_a_later_kind_is_kept() -> None:
+    ref = RoleSchema("ref", "Reference", "image", False, ("R", "G", "B"), "a still the look is taken from")
+    later = RoleSchema("cloud", "Point cloud", "points", True)
+    (op,) = parse_ops({"ops": [{"name": "look", "inputs": ["stale"], "roles": [
+        {**RoleSchema("plate", "Plate").describe(), "added_later": 1}, ref.describe(), later.describe()]}]})
+    assert op.role_schemas == (RoleSchema("plate", "Plate"), ref, later)
+    assert (op.inputs, op.optional_inputs) == (("plate", "cloud"), ("ref",))  # the roles, not the stale names
+    assert [r.known for r in op.role_schemas] == [True, True, False]
+    assert parse_op({"name": "x", "roles": [{"name": "clean_plate"}]}).role_schemas == (
+        RoleSchema("clean_plate", "Clean plate", "sequence", True),)  # fields left out take their defaults
+
+
+@pytest.mark.parametrize(("roles", "words"), [
+    ({"name": "plate"}, "the roles of op 'a' must be a list, not dict"),
+    (["plate"], "role 0 of op 'a' must be a map, not str"),
+    ([{"name": "plate"}, {"kind": "image"}], "role 1 of op 'a' has no name"),
+    ([{"name": "plate", "label": 3}], "the label of role 'plate' of op 'a' must be text, not 3"),
+    ([{"name": "ref", "kind": None}], "the kind of role 'ref' of op 'a' must be text, not None"),
+    ([{"name": "ref", "kind": ""}], "the kind of role 'ref' of op 'a' is empty"),
+    ([{"name": "ref", "required": "yes"}], "the required of role 'ref' of op 'a' must be true or false, not 'yes'"),
+    ([{"name": "ref", "channels": "RGB"}], "the channels of role 'ref' of op 'a' must be a list, not str"),
+    ([{"name": "ref", "channels": ["R", 1]}], "an entry of the channels of role 'ref' of op 'a' must be text, not 1"),
+    ([{"name": "ref", "help": ["x"]}], "the help of role 'ref' of op 'a' must be text"),
+    ([{"name": "ref"}, {"name": "ref", "kind": "image"}], "the roles of op 'a' name 'ref' more than once"),
+])
+def test_malformed_roles_are_refused_with_the_entry_named(roles: Any, words: str) -> None:
+    with pytest.raises(ProtocolError, match=words.replace("(", r"\(")):
+        parse_ops({"ops": [{"name": "a", "roles": roles}]})
 
 
 def test_unknown_fields_and_parameter_types_are_left_out() -> None:

@@ -10,7 +10,7 @@ applies its default rather than the plugin sending a value of the wrong kind.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cvgen.protocol import DEFAULT_COLORSPACE, ProtocolError
@@ -37,7 +37,9 @@ class ServerInfo:
         return tuple(op.name for op in self.ops)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The hello shape of the ops, so `from_json` reads it with the protocol's own parser."""
+        return json.dumps({"ops": [op.describe() for op in self.ops], "colorspaces": list(self.colorspaces)},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ServerInfo":

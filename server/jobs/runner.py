@@ -26,7 +26,7 @@ from ..io.exr import read_provenance, write_exr
 from ..ops import get_op
 from ..ops.base import OpContext, OpSpec
 from ..paths import PathPolicy
-from .shot import FileShot
+from .shot import FileShot, check_image_inputs
 from .store import output_name, temp_file_target
 
 
@@ -58,6 +58,7 @@ def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = N
     missing = [r for r in op.inputs if r not in given]
     if missing:
         raise ProtocolError(f"{op.name} needs a {' and a '.join(missing)} input")
+    check_image_inputs(spec.inputs, op.image_roles)
     return CheckedJob(op, params, colorspace, models)
 
 
@@ -131,7 +132,8 @@ def run_job(
         raise ProtocolError(f"frames {outside[0]}.. lie outside the job's range {spec.frames[0]}-{spec.frames[1]}")
     if paths is not None:
         paths.check_spec(spec)
-    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.open_input_file if paths else None, limits)
+    shot = FileShot(spec.inputs, spec.frame_numbers, base, paths.open_input_file if paths else None, limits,
+                    image_roles=checked.op.image_roles)
     shot.check_complete()
     target = paths.output_folder(output_dir, named=bool(spec.output)) if paths is not None else None
     if target is None:

@@ -14,12 +14,14 @@ from typing import Any, Callable, Collection, Iterator, Mapping, Protocol, Seque
 
 from cvgen.protocol.errors import ProtocolError
 from cvgen.protocol.images import Image
-from cvgen.protocol.schema import ParamSchema
+from cvgen.protocol.schema import OpSchema, ParamSchema, RoleSchema
 
 from ..errors import Cancelled, ModelNotFound
 
 #: Ops declare parameters with the protocol's own schema, so server and hosts check values alike.
 Param = ParamSchema
+#: And their inputs with the protocol's role schema (`hello` sends `Role.describe()`).
+Role = RoleSchema
 
 
 class Shot(Protocol):
@@ -75,8 +77,9 @@ class OpSpec:
     name: str
     summary: str
     params: tuple[Param, ...]
-    inputs: tuple[str, ...]
-    optional_inputs: tuple[str, ...]
+    #: The inputs the op reads, required ones first: `sequence` roles have a frame per frame of
+    #: the shot, `image` roles one file for the whole shot.
+    roles: tuple[Role, ...]
     run: RunFn
     #: Frames an op that carries state from frame to frame renders, and discards, before the first
     #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
@@ -84,6 +87,21 @@ class OpSpec:
     #: Refuses, before the job is queued, input frames without the channels the op reads
     #: (role -> channel names of a frame sent inline; the job's input roles).
     check_channels: ChannelCheck = _any_channels
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The names of the roles a job must give."""
+        return tuple(r.name for r in self.roles if r.required)
+
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """The names of the roles a job may give."""
+        return tuple(r.name for r in self.roles if not r.required)
+
+    @property
+    def image_roles(self) -> tuple[str, ...]:
+        """The names of the roles read from one file for the whole shot."""
+        return tuple(r.name for r in self.roles if r.kind == "image")
 
     @property
     def uses_model(self) -> bool:
@@ -101,10 +119,5 @@ class OpSpec:
                 for name, p in by_name.items()}
 
     def schema(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "inputs": list(self.inputs),
-            "optional_inputs": list(self.optional_inputs),
-            "params": [p.describe() for p in self.params],
-        }
+        """The op as `hello` describes it: the protocol's own `OpSchema`, so hosts read what we wrote."""
+        return OpSchema(self.name, self.summary, params=self.params, role_schemas=self.roles).describe()

@@ -47,7 +47,7 @@ import numpy as np
 from cvgen.protocol.images import Image
 
 from ..io.color import ColorTransform
-from .base import OpContext, OpSpec, Param, Shot
+from .base import OpContext, OpSpec, Param, Role, Shot
 from .layers import REACH, Layers, check_layer_channels, blur, feathered, over_plate, read_layers
 
 LOG_SPACE = "ACEScct"
@@ -281,12 +281,21 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
         yield frame, composite(read_layers(shot, frame), match, params, to_log)
 
 
+#: The layers `read_layers` reads (its channel rules: `check_layer_channels`).
+ROLES = (
+    Role("plate", "Plate", "sequence", True, ("R", "G", "B"),
+         "The background whose colour and light the foreground is matched to; kept bit for bit outside the matte"),
+    Role("fg", "Foreground", "sequence", True, ("R", "G", "B", "A"),
+         "The foreground, premultiplied by its alpha A when it has one; A is the matte when none is given"),
+    Role("matte", "Matte", "sequence", False, ("A",),
+         "Where the op works: the first of A, Y, R or matte it has; the fg's alpha when not given"),
+)
+
 OP = OpSpec(
     name="colormatch",
     summary="Classical colour and light matching of the foreground to the plate around it (no model; fast preview)",
     params=PARAMS,
-    inputs=("plate", "fg"),
-    optional_inputs=("matte",),
+    roles=ROLES,
     run=run,
     check_channels=check_layer_channels,
 )

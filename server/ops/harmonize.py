@@ -44,7 +44,7 @@ from cvgen.protocol.images import Image
 
 from ..errors import InputError
 from ..core.highlights import PARAM as HIGHLIGHTS, ModelColor
-from .base import OpContext, OpSpec, Param, Shot
+from .base import OpContext, OpSpec, Param, Role, Shot
 from .layers import Layers, check_layer_channels, feathered, over_plate, read_layers
 
 StepFn = Callable[[int, int], None]
@@ -269,13 +269,22 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
                     yield frame, over_plate(lay, np.ones_like(lay.matte), generated.reshape(-1, 3))
 
 
+#: The layers `read_layers` reads (its channel rules: `check_layer_channels`).
+ROLES = (
+    Role("plate", "Plate", "sequence", True, ("R", "G", "B"),
+         "The background the foreground is made to belong in; kept bit for bit outside the matte"),
+    Role("fg", "Foreground", "sequence", True, ("R", "G", "B", "A"),
+         "The foreground, premultiplied by its alpha A when it has one; A is the matte when none is given"),
+    Role("matte", "Matte", "sequence", False, ("A",),
+         "Where the op works: the first of A, Y, R or matte it has; the fg's alpha when not given"),
+)
+
 OP = OpSpec(
     name="harmonize",
     summary="Makes the foreground belong in the plate with a diffusion model: partial inversion, "
             "guided regeneration, inter-frame attention; the plate stays untouched outside the matte",
     params=PARAMS,
-    inputs=("plate", "fg"),
-    optional_inputs=("matte",),
+    roles=ROLES,
     run=run,
     warmup=2,
     check_channels=check_layer_channels,
