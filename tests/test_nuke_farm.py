@@ -8,13 +8,24 @@ job planned as Render plans it, the inputs written where the node's Write nodes 
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+from opencue_proto import cue_pb2_grpc, job_pb2_grpc
 from support import make_shot
+from test_farm_opencue import StandInCuebot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nuke_plugin"))
 
@@ -183,3 +194,103 @@ def test_a_hung_cvgen_farm_fails_instead_of_freezing_nuke():
 def test_nukes_python_variables_do_not_reach_cvgen():
     env = farm.child_environment({"PYTHONHOME": "/nuke", "PYTHONPATH": "/nuke/lib", "CUEBOT_HOSTS": "cue", "PATH": "/bin"})
     assert env == {"CUEBOT_HOSTS": "cue", "PATH": "/bin"}
+
+
+# -- Submit to farm in the background (what the node's button runs in the GUI) -------------------
+
+class HeldCuebot(StandInCuebot):
+    """A Cuebot that holds each launch until the test lets it go, or refuses it with `refusal`."""
+
+    def __init__(self, refusal: str = "") -> None:
+        super().__init__()
+        self.refusal = refusal
+        self.launching = threading.Event()
+        self.go_on = threading.Event()
+
+    def LaunchSpecAndWait(self, request, context):
+        self.launching.set()
+        self.go_on.wait(60)
+        if self.refusal:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.refusal)
+        return super().LaunchSpecAndWait(request, context)
+
+
+@contextmanager
+def cuebot_at(servicer: HeldCuebot) -> Iterator[str]:
+    """The servicer on loopback over OpenCue's real gRPC API; yields its CUEBOT_HOSTS value."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    cue_pb2_grpc.add_CueInterfaceServicer_to_server(servicer, server)
+    job_pb2_grpc.add_JobInterfaceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        servicer.go_on.set()
+        server.stop(grace=None)
+
+
+def farm_updates(updates: queue.Queue, timeout: float = 60) -> list[farm.FarmUpdate]:
+    """The updates a node's status line gets, up to and including the last one (result or error)."""
+    seen: list[farm.FarmUpdate] = []
+    while not (seen and seen[-1].finished):
+        seen.append(updates.get(timeout=timeout))
+    return seen
+
+
+def start_opencue(tmp_path: Path, shot: dict[str, str], hosts: str, submissions: farm.Submissions
+                  ) -> tuple[queue.Queue, float]:
+    """Press Submit to farm (OpenCue) on cvgen1 as the adapter does; returns its updates and how long the press took."""
+    values = node_values(tmp_path / "comp", **{knobs.FARM_ENGINE: "OpenCue"})
+    plan = plan_for(values)
+    write_inputs_like_nuke(plan, shot)
+    updates: queue.Queue = queue.Queue()
+    began = time.monotonic()
+    submissions.claim("cvgen1")
+    submissions.start("cvgen1", plan, farm.settings(values), updates.put, {**os.environ, "CUEBOT_HOSTS": hosts})
+    return updates, time.monotonic() - began
+
+
+@needs_cvgen
+def test_a_slow_cuebot_leaves_nuke_free_and_the_node_says_how_it_goes(tmp_path, shot):
+    submissions = farm.Submissions(tick_s=0.2)
+    cuebot = HeldCuebot()
+    with cuebot_at(cuebot) as hosts:
+        updates, pressed_s = start_opencue(tmp_path, shot, hosts, submissions)
+        assert pressed_s < 0.5  # the button returns at once: Nuke's UI is not held while the Cuebot thinks
+        assert cuebot.launching.wait(60)
+        assert updates.get(timeout=5).status == "farm: submitting to OpenCue"
+        ticking = updates.get(timeout=5).status
+        assert re.fullmatch(r"farm: submitting to OpenCue, \d+ s so far \(gives up after 120 s\)", ticking)
+        with pytest.raises(SetupError, match=r"^cvgen1 is still handing its last job to the farm \(for \d+ s\): "
+                                             r"wait until its status line says how that went$"):
+            submissions.claim("cvgen1")
+        submissions.claim("cvgen2")  # another node is not held up by this one
+        cuebot.go_on.set()
+        last = farm_updates(updates)[-1]
+    assert last.error is None and last.result is not None
+    assert last.status == "farm: submitted to OpenCue (cvgen1_v001.json)"
+    assert "launched OpenCue job" in last.result.report and len(cuebot.specs) == 1
+    submissions.claim("cvgen1")  # done: the node takes a new submission
+
+
+@needs_cvgen
+@pytest.mark.parametrize("refusal", ["", "show 'nosuchshow' does not exist"], ids=["unreachable", "refused"])
+def test_a_cuebot_that_fails_the_submission_reaches_the_node_as_one_sentence(tmp_path, shot, refusal):
+    submissions = farm.Submissions()
+    cuebot = HeldCuebot(refusal)
+    cuebot.go_on.set()
+    with cuebot_at(cuebot) as hosts:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = f"127.0.0.1:{s.getsockname()[1]}"
+        updates, _ = start_opencue(tmp_path, shot, hosts if refusal else closed, submissions)
+        last = farm_updates(updates)[-1]
+    assert isinstance(last.error, RenderFailed) and last.result is None
+    where = hosts if refusal else closed
+    expected = (f"the Cuebot at {where} did not take the job: .*{refusal}" if refusal else
+                f"cannot reach the Cuebot at {where} \\(CUEBOT_HOSTS\\): check the host, the port")
+    assert re.match(f"^farm submission failed: `cvgen farm` refused the job: {expected}", last.status)
+    assert "\n" not in last.status and "Traceback" not in last.status, last.status
+    assert str(last.error) == last.status.removeprefix("farm submission failed: ")
+    submissions.claim("cvgen1")  # a failed submission frees the node too

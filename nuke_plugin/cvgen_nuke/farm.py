@@ -12,13 +12,18 @@ node's output folder as `farm/<node>_<version>.json`, written with `cvgen.protoc
 
 Nothing here calls Nuke: the adapter reads the knobs, calls `settings` and `submit`, and shows
 the `FarmResult` or the error (`SetupError` for what the artist can fix on the node,
-`RenderFailed` when `cvgen farm` refused or failed).
+`RenderFailed` when `cvgen farm` refused or failed). In the GUI it submits through
+`Submissions` instead, which runs `submit` in a worker thread and reports on the node's status
+line as it goes, so a slow Cuebot does not freeze Nuke.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,6 +40,11 @@ ENGINES = {"OpenJD": "openjd", "OpenCue": "opencue"}
 TIMEOUT_S = 120.0
 #: Environment variables of Nuke's own Python that would break another Python started from it.
 _NUKE_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
+
+#: Seconds between the status line's reports while a background submission runs.
+TICK_S = 5.0
+
+log = logging.getLogger("cvgen.nuke")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -172,3 +182,93 @@ def submit(plan: RenderPlan, farm: FarmSettings, environ: Mapping[str, str] = os
         raise SetupError(f"cannot write the farm job file {path}: {exc}") from None
     report = run(command(farm, path), environ, timeout, runner)
     return FarmResult(farm.engine, path, target(farm, path), report)
+
+
+@dataclass(frozen=True)
+class FarmUpdate:
+    """What a background submission tells its node: a status line and, at the end, its result or error."""
+
+    status: str
+    result: FarmResult | None = None
+    error: CvgenError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+Notify = Callable[[FarmUpdate], None]
+
+
+def activity(farm: FarmSettings) -> str:
+    """What `cvgen farm` is busy with, for the status line while it runs."""
+    if farm.engine == "openjd":
+        return "writing the OpenJD bundle"
+    return "writing the OpenCue job spec" if farm.spec_only else "submitting to OpenCue"
+
+
+class Submissions:
+    """Farm submissions running in the background, at most one per node.
+
+    `cvgen farm` may take up to `TIMEOUT_S` (an OpenCue submission waits on the Cuebot), and
+    Nuke's UI must stay live meanwhile, so it runs in a worker thread. The worker never calls
+    Nuke: it hands every update to `notify`, which the adapter makes post to Nuke's main thread.
+    A node is claimed before its inputs are written, so a second press while its submission
+    runs is refused before it writes another version folder.
+    """
+
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        self.tick_s = tick_s
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+
+    def claim(self, node: str) -> None:
+        """Reserve `node` for a submission, or refuse with a sentence saying its last one still runs."""
+        with self._lock:
+            started = self._started.get(node)
+            if started is None:
+                self._started[node] = time.monotonic()
+                return
+        raise SetupError(f"{node} is still handing its last job to the farm (for {time.monotonic() - started:.0f} s): "
+                         "wait until its status line says how that went")
+
+    def release(self, node: str) -> None:
+        """Free `node`: its submission ended, or its claim ended before one started."""
+        with self._lock:
+            self._started.pop(node, None)
+
+    def start(self, node: str, plan: RenderPlan, farm: FarmSettings, notify: Notify,
+              environ: Mapping[str, str] = os.environ, timeout: float = TIMEOUT_S,
+              runner: Runner = subprocess.run) -> None:
+        """Submit `plan` for the claimed `node` in a worker thread; returns at once, updates go to `notify`."""
+        args = (node, plan, farm, notify, environ, timeout, runner)
+        threading.Thread(target=self._run, args=args, name="cvgen-farm", daemon=True).start()
+
+    def _run(self, node: str, plan: RenderPlan, farm: FarmSettings, notify: Notify,
+             environ: Mapping[str, str], timeout: float, runner: Runner) -> None:
+        stop = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(farm, notify, timeout, stop), name="cvgen-farm-tick",
+                                  daemon=True)
+        ticker.start()
+        try:
+            result = submit(plan, farm, environ, timeout, runner)
+            update = FarmUpdate(result.status, result=result)
+        except CvgenError as exc:
+            update = FarmUpdate(f"farm submission failed: {exc}", error=exc)
+        except Exception as exc:  # the thread's boundary: a bug must end the submission, not leave the node busy
+            log.exception("the cvgen farm submission failed")
+            error = RenderFailed(f"internal error in the cvgen plugin: {type(exc).__name__}: {exc}")
+            update = FarmUpdate(f"farm submission failed: {error}", error=error)
+        finally:
+            stop.set()
+            ticker.join()
+            self.release(node)
+        notify(update)
+
+    def _tick(self, farm: FarmSettings, notify: Notify, timeout: float, stop: threading.Event) -> None:
+        """Say on the node what `cvgen farm` is doing, then every `tick_s` how long it has taken so far."""
+        started = time.monotonic()
+        notify(FarmUpdate(f"farm: {activity(farm)}"))
+        while not stop.wait(self.tick_s):
+            notify(FarmUpdate(f"farm: {activity(farm)}, {time.monotonic() - started:.0f} s so far "
+                              f"(gives up after {timeout:g} s)"))

@@ -28,6 +28,8 @@ T = TypeVar("T")
 #: Seconds to wait for a server's `hello` when creating a node or refreshing its ops.
 HELLO_TIMEOUT_S = 5.0
 RESULT_READ = "result"
+#: Farm submissions running in the background, at most one per node.
+_FARM = farm.Submissions()
 
 _EXR_COMPRESSION = "Zip (16 scanlines)"
 _EXR_DATATYPE = "16 bit half"
@@ -202,15 +204,40 @@ def render(node: nuke.Node) -> JobProgress:
     return progress
 
 
-def submit_to_farm(node: nuke.Node) -> farm.FarmResult:
+def submit_to_farm(node: nuke.Node) -> farm.FarmResult | None:
     """Write the node's inputs as Render does, then hand its job to the farm through `cvgen farm`.
 
     The farm reads the inputs and writes the results in a new version folder of the output
-    folder, which must be on storage its nodes see. In the GUI a message box says what was
-    written or submitted; under `nuke -t` the report is printed. Raises `SetupError` or
-    `RenderFailed` (both `CvgenError`) when the job could not be handed over.
+    folder, which must be on storage its nodes see. In the GUI `cvgen farm` runs in the
+    background (a Cuebot may take up to `farm.TIMEOUT_S` to answer): this returns None once the
+    inputs are written, the status line follows the submission, and a message box says how it
+    ended. A second press while the node's submission runs is refused. Under `nuke -t` it waits,
+    prints the report and returns the result. Raises `SetupError` or `RenderFailed` (both
+    `CvgenError`) when the job could not be handed over.
     """
     node = _cvgen_node(node)
+    _FARM.claim(node.name())
+    try:
+        plan, settings = _prepare_farm(node)
+    except BaseException:
+        _FARM.release(node.name())
+        raise
+    if nuke.GUI:
+        _FARM.start(node.name(), plan, settings, lambda update: nuke.executeInMainThread(_show_farm, (node, update)))
+        return None
+    _FARM.release(node.name())
+    try:
+        result = farm.submit(plan, settings)
+    except CvgenError as exc:
+        _status(node, f"farm submission failed: {exc}")
+        raise
+    _status(node, result.status)
+    print(result.message)
+    return result
+
+
+def _prepare_farm(node: nuke.Group) -> tuple[jobbuild.RenderPlan, farm.FarmSettings]:
+    """The node's job and Farm tab, checked, with its inputs written (on this thread: Nuke renders them)."""
     try:
         info = ServerInfo.from_json(node[knobs.OPS].value())
         values = _values(node, info)
@@ -220,17 +247,22 @@ def submit_to_farm(node: nuke.Node) -> farm.FarmResult:
         _status(node, "rendering the inputs for the farm")
         _write_inputs(node, plan)
         _load_results(node, plan)
-        _status(node, "handing the job to the farm")
-        result = farm.submit(plan, settings)
     except CvgenError as exc:
         _status(node, f"farm submission failed: {exc}")
         raise
-    _status(node, result.status)
-    if nuke.GUI:
-        nuke.message(result.message)
-    else:
-        print(result.message)
-    return result
+    return plan, settings
+
+
+def _show_farm(node: nuke.Node, update: farm.FarmUpdate) -> None:
+    """On the main thread: a background submission's update on its node, and at the end a message box."""
+    try:
+        _status(node, update.status)
+    except ValueError:  # the node was deleted while its job went to the farm: the message box still tells
+        pass
+    if update.result is not None:
+        nuke.message(update.result.message)
+    elif update.error is not None:
+        nuke.message(f"cvgen: {update.error}")
 
 
 def cancel(node: nuke.Node) -> None:
