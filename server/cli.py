@@ -1,4 +1,5 @@
-"""`cvgen` command line: serve, render a job file, describe it for a render farm, import footage, run the demo."""
+"""`cvgen` command line: serve, render a job file, describe it for a render farm, import footage, run the demo,
+evaluate results."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import sys
 import threading
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cvgen.protocol.errors import CvgenError, ProtocolError
 from cvgen.protocol.jobs import DEFAULT_COLORSPACE, JobSpec, read_job_data
 from cvgen.protocol.limits import Limits
 
 from .farm.commands import add_farm_parser
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 MODELS_HELP = "models file (TOML) naming local models (default: $CVGEN_MODELS, else ~/.config/cvgen/models.toml)"
@@ -123,12 +127,42 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--colorspace", default=DEFAULT_COLORSPACE, help="scene-linear space to write (default %(default)s)")
     imp.set_defaults(func=cmd_import)
 
+    add_eval_parser(sub)
+
     demo = sub.add_parser("demo", help="build a composite shot, run it through a real server, write EXRs and a preview")
     demo.add_argument("--out", type=Path, default=Path("cvgen-demo"), help="output folder (default ./%(default)s)")
     demo.add_argument("--frames", type=int, default=24, help="shot length (default %(default)s)")
     demo.add_argument("--video", type=Path, help="footage to build the shot from (default: the shared sample clip)")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="measure results (CLIP consistency and text alignment, PickScore, warp and "
+                                     "interpolation error, harmonisation error, flicker) into a JSON/HTML report")
+    ev.add_argument("result", help="result: EXR sequence with a #### or %%04d placeholder, or a video file")
+    ev.add_argument("--compare", action="append", default=[], metavar="RESULT",
+                    help="another result of the same shot to put beside it (repeatable)")
+    ev.add_argument("--label", action="append", dest="labels", metavar="NAME",
+                    help="name of each result in the report, in order: RESULT, then each --compare "
+                         "(default: the path's stem)")
+    ev.add_argument("--source", metavar="SEQ", help="the source the results were made from; optical flow is "
+                                                    "computed on it (default: on each result, and the report says so)")
+    ev.add_argument("--original", metavar="SEQ", help="the untouched original, for the harmonisation error")
+    ev.add_argument("--matte", metavar="SEQ", help="the composite's matte (foreground = 1), for the harmonisation "
+                                                   "error and flicker")
+    ev.add_argument("--prompt", metavar="TEXT", default="", help="the prompt, for CLIP text alignment and PickScore")
+    ev.add_argument("--frames", metavar="A-B", help="host frames to measure (default: every frame of the result)")
+    ev.add_argument("--colorspace", metavar="NAME", default=DEFAULT_COLORSPACE,
+                    help="scene-linear colour space of the EXR sequences (default %(default)s)")
+    ev.add_argument("--models", metavar="FILE", help=MODELS_HELP)
+    ev.add_argument("--clip", metavar="NAME", default="",
+                    help="CLIP model from the models file (default: the clip kind's default)")
+    ev.add_argument("--pickscore", metavar="NAME", default="",
+                    help="PickScore model from the models file (default: the pickscore kind's default)")
+    ev.add_argument("--out", type=Path, required=True, metavar="REPORT.json",
+                    help="JSON report to write; the HTML page goes beside it (REPORT.html)")
+    ev.set_defaults(func=cmd_eval)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -260,6 +294,42 @@ def cmd_import(args: argparse.Namespace) -> int:
         write_exr(path, image, dtype="float16")
     print(f"imported {count} frame(s) from {args.video} to {args.output}", flush=True)
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.out.suffix.lower() != ".json":
+        raise ProtocolError(f"--out {args.out} names the JSON report; give it a .json suffix (the HTML page goes "
+                            "beside it)")
+    from .core.models import ModelRegistry
+    from .eval import evaluate
+    from .eval.report import format_table, html_path, sheet_frames, write_html, write_json
+
+    report = evaluate([args.result, *args.compare], source=args.source, original=args.original, matte=args.matte,
+                      prompt=args.prompt, frames=parse_frames(args.frames) if args.frames else None,
+                      colorspace=args.colorspace, registry=ModelRegistry.load(args.models), clip=args.clip,
+                      pickscore=args.pickscore, labels=args.labels)
+    shown = sheet_frames(report.frames)
+    sheet = {r.label: contact_sheet_frames(r.path, report.frames, shown, args.colorspace, r.label)
+             for r in report.results}
+    write_json(report, args.out)
+    page = write_html(report, html_path(args.out), sheet, shown)
+    print(format_table(report), end="")
+    print(f"wrote {args.out} and {page}", flush=True)
+    return 0
+
+
+def contact_sheet_frames(path: str, frames: list[int], shown: list[int], colorspace: str,
+                         label: str) -> list[np.ndarray]:
+    """Display-referred frames `shown` of a result. A video has no frame numbers (its first frame
+    is the first evaluated), so it is read up to the last frame shown; an EXR sequence only at them."""
+    from .eval.sequences import is_frame_sequence, read_sequence
+
+    if not shown:
+        return []
+    if is_frame_sequence(path):
+        return list(read_sequence(path, shown, colorspace, label).display)
+    display = read_sequence(path, frames[: frames.index(shown[-1]) + 1], colorspace, label).display
+    return [display[frames.index(frame)] for frame in shown]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
