@@ -88,11 +88,15 @@ class Client:
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IDENTITY, self.session.encode())
+        self._has_keys = keys is not None
         if keys is not None:
             self._socket.curve_serverkey = keys.server_public
             self._socket.curve_publickey = keys.public
             self._socket.curve_secretkey = keys.secret
         self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._socket.connect(address)
         self._pending: dict[str, collections.deque[Message]] = {}
 
@@ -188,7 +192,10 @@ class Client:
         deadline = time.monotonic() + timeout
         while not queue:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1):
+            ready = dict(self._poller.poll(int(remaining * 1000) + 1)) if remaining > 0 else {}
+            if self._monitor in ready:
+                self._raise_handshake_failure()  # a refused handshake is final: say so now, not at the timeout
+            if self._socket not in ready:
                 if not queue and time.monotonic() >= deadline:
                     return None
                 continue
@@ -212,10 +219,14 @@ class Client:
             raise AuthenticationFailed(
                 f"the cvgen server at {self.address} refused this workstation's key: ask whoever runs it to "
                 "put this workstation's public key (NAME.key) in the server's authorized/ folder")
+        if not self._has_keys:
+            raise AuthenticationFailed(
+                f"the cvgen server at {self.address} was started with keys (an encrypted connection) and this "
+                "workstation has none: give the server's public key (server.key) and this workstation's secret "
+                "key (NAME.key_secret) from `cvgen keys generate`")
         raise AuthenticationFailed(
-            f"could not set up an encrypted connection to the cvgen server at {self.address}: a server on "
-            "the network needs key files on both sides (the server's public key and this workstation's "
-            "secret key), and they must belong to that server")
+            f"could not set up an encrypted connection to the cvgen server at {self.address}: the server's public "
+            "key given here does not belong to that server, or the server does not use keys")
 
 
 def _error(msg: Message) -> ServerError:
