@@ -32,22 +32,36 @@ def wheel_request(filename: str) -> tuple[str, list[str]]:
     return f"{name}=={version}", platform.split(".")
 
 
+def download(path: Path) -> str:
+    """Fetch one wheel into its folder; pip's last error line if it could not (offline, say), else ""."""
+    requirement, platforms = wheel_request(path.name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--python-version", "3.11", *(a for p in platforms for a in ("--platform", p)),
+         "--dest", str(path.parent), requirement],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"pip exit code {proc.returncode}"
+    if not path.exists():
+        raise SystemExit(f"pip did not download {path.name} (the manifest's wheel list is out of date?)")
+    return ""
+
+
 def fetch_wheels(manifest: dict, cache: Path) -> list[Path]:
+    """The manifest's wheels from the cache folder, downloading the missing ones; all that cannot be
+    downloaded are named in one message, so an offline build machine learns at once what to supply."""
     cache.mkdir(parents=True, exist_ok=True)
-    wheels = []
-    for entry in manifest.get("wheels", []):
-        path = cache / Path(entry).name
-        if not path.exists():
-            requirement, platforms = wheel_request(path.name)
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                 "--python-version", "3.11", *(a for p in platforms for a in ("--platform", p)),
-                 "--dest", str(cache), requirement],
-                check=True,
-            )
-            if not path.exists():
-                raise SystemExit(f"pip did not download {path.name} (the manifest's wheel list is out of date?)")
-        wheels.append(path)
+    wheels = [cache / Path(entry).name for entry in manifest.get("wheels", [])]
+    failed = {path.name: why for path in wheels if not path.exists() and (why := download(path))}
+    if failed:
+        reason = next(iter(failed.values()))
+        raise SystemExit(
+            f"build.py: cannot download {len(failed)} wheel(s) that blender_manifest.toml lists ({reason}): "
+            f"{', '.join(failed)}; download them from pypi.org on a machine with internet access and put them in "
+            f"a folder, then pass it with --wheels {cache}"
+        )
     return wheels
 
 

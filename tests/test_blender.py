@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,15 +165,17 @@ def test_strips_the_server_cannot_read_are_rendered_to_exr_first(
     job = result["job"]
     assert_result_strip(result["strip"], job, tmp_path / "project", channel=4)
     inputs = json.loads((tmp_path / "jobs" / job / "spec.json").read_text())["inputs"]
-    converted = tmp_path / "project" / "cvgen" / "sh010" / job / "inputs"
-    assert inputs == {"plate": str(converted / "plate" / "plate.####.exr"), "fg": shot_args["shot"]["fg"],
-                      "matte": str(converted / "matte" / "matte.####.exr")}
+    converted = tmp_path / "project" / "cvgen" / "sh010" / "inputs"
+    assert inputs["fg"] == shot_args["shot"]["fg"]
+    plate_dir, matte_dir = Path(inputs["plate"]).parent, Path(inputs["matte"]).parent
+    assert plate_dir.parent == matte_dir.parent == converted and plate_dir.name.startswith("plate-")
+    assert Path(inputs["plate"]).name == Path(inputs["matte"]).name == "input.####.exr"
     for frame in range(FRAMES[0], FRAMES[1] + 1):
-        plate = read_exr(converted / "plate" / f"plate.{frame}.exr")
+        plate = read_exr(plate_dir / f"input.{frame}.exr")
         shown = read_exr(shot_args["shot"]["plate"].replace("####", str(frame + 1)))
         assert np.array_equal(plate.stack(("R", "G", "B", "A")), shown.stack(("R", "G", "B", "A"))), \
             "the timeline's frame, converted bit for bit (the sequencer works in linear light)"
-        matte = read_exr(converted / "matte" / f"matte.{frame}.exr")
+        matte = read_exr(matte_dir / f"input.{frame}.exr")
         assert matte.has("R", "G", "B", "A") and matte.width == 64 and matte.height == 48
 
 
@@ -269,8 +272,9 @@ def test_ctrl_c_in_a_headless_render_cancels_the_job_on_the_server(
         if proc.poll() is None:
             proc.kill()
     result = json.loads(result_path.read_text())
-    assert result == {"result": "CANCELLED", "job": job}
-    assert "interrupted; the job is cancelling" in output
+    assert result["result"] == "error", "a headless script must not carry on (render(); save()) after Ctrl-C"
+    assert result["error"].count("cancel") == 1, result["error"]
+    assert result["job"] == job and f"job {job} interrupted by Ctrl-C, cancelling on the server" in result["error"]
 
 
 def test_submit_to_farm_writes_the_job_file_and_an_openjd_bundle(
@@ -309,6 +313,7 @@ def test_render_passes_give_plate_depth_and_matte_the_server_reads(
     assert [inputs[r]["mute"] for r in ("plate", "depth", "matte")] == [False, True, True]
     assert result["cube_pass_index"] == 3, "the objects' pass indices are put back"
     assert result["compositor_unchanged"] and result["scenes"] == ["sh010"], "the artist's scene is untouched"
+    assert not result["f12_renders_strips"], "F12 still renders the 3D scene, not the new strips"
     for frame in (1, 2):
         plate = read_exr(passes / "plate" / f"plate.000{frame}.exr")
         depth = read_exr(passes / "depth" / f"depth.000{frame}.exr")
@@ -384,3 +389,143 @@ def test_the_built_zip_installs_and_talks_to_the_server(
     assert result["protocol"] == "bl_ext.user_default.cvgen._vendor.cvgen_protocol", "the bundled copy"
     site = next((tmp_path / "extensions" / ".local" / "lib").glob("python3.*/site-packages"))
     assert (site / "zmq").is_dir() and (site / "msgpack").is_dir(), "Blender installed the bundled wheels"
+
+
+def test_disabling_the_addon_stops_its_local_server(blender_python: Path, tmp_path: Path) -> None:
+    probe = ServerProcess(tmp_path / "probe").start()  # a free loopback port: a server's own pick
+    address = probe.endpoint
+    probe.stop()
+    result = run_scenario(tmp_path, "local_server_disable", {
+        "blend": str(tmp_path / "d.blend"), "address": address, "python": sys.executable,
+    })
+    assert result["started"].startswith(f"running on {address}")
+    assert result["exit_code"] is not None, "the server outlived the add-on that started it"
+
+
+def test_submit_to_farm_runs_in_the_background_with_progress(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    """A slow farm (cvgen farm taking 2 s, as a slow Cuebot would): the operator returns at once, the
+    panel counts the seconds, and the bundle, or the farm's error, arrives when the command ends."""
+    cvgen = Path(sys.executable).parent / "cvgen"
+    slow, failing = tmp_path / "slow-cvgen", tmp_path / "failing-cvgen"
+    slow.write_text(f"#!/bin/sh\nsleep 2\nexec {cvgen} \"$@\"\n")
+    failing.write_text("#!/bin/sh\nsleep 1\necho 'cvgen: error: the Cuebot at cue.invalid did not answer' >&2\nexit 2\n")
+    for script in (slow, failing):
+        script.chmod(0o755)
+    result = run_scenario(tmp_path, "farm_background", {**shot_args, "commands": [str(slow), str(failing)]})
+
+    done, refused = result["submissions"]
+    for sub in (done, refused):
+        assert sub["result"] == "FINISHED" and sub["returned_s"] < 1.0, sub
+        assert sub["running"] and not sub["poll_while_running"], "a second submission waits for the first"
+        assert sub["statuses"] and sub["statuses"][0].startswith(f"Submitting {sub['job']} to OpenJD: ")
+        assert not sub["running_after"]
+    assert done["finished_s"] > 2.0 and not done["failed"]
+    bundle = tmp_path / "project" / "cvgen" / "sh010" / "farm" / f"{done['job']}.openjd"
+    assert (bundle / "template.yaml").is_file() and done["last_farm"] == str(bundle)
+    assert done["status"] == f"cvgen: wrote the job bundle {bundle}; submit it with: deadline bundle submit {bundle}"
+    assert refused["failed"] and refused["status"] == "cvgen farm: the Cuebot at cue.invalid did not answer"
+
+
+def test_an_artists_session_keeps_values_per_op_inputs_and_reuses_conversions(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any], shared_data: Path
+) -> None:
+    """Issue 14's defects as an artist meets them, on one shot (one Blender start)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    result = run_scenario(tmp_path, "artist_defects", {
+        **shot_args, "movie": str(shared_data / "video" / "woman-running.mp4"), "python": sys.executable,
+        "dead_address": dead,
+    })
+
+    assert result["colormatch"]["temporal"] == 3.0
+    sent = result["harmonize_sent"]
+    assert (sent["strength"], sent["feather"]) == (0.5, 3.0), "harmonize starts from its own defaults"
+    assert result["colormatch_back"]["temporal"] == 1.5, "colormatch's value survives switching away and back"
+    assert result["harmonize_back"]["feather"] == 5.0
+
+    shot = tmp_path / "project" / "cvgen" / "sh010"
+    assert result["down"]["result"] == "error" and "no answer" in result["down"]["error"]
+    assert result["files_after_refusal"] == [str(shot)], "a refused render converts nothing and leaves no files"
+    first, second = result["renders"]
+    assert first["result"] == second["result"] == "FINISHED"
+    specs = [json.loads((tmp_path / "jobs" / r["job"] / "spec.json").read_text()) for r in (first, second)]
+    matte = Path(specs[0]["inputs"]["matte"])
+    assert specs[1]["inputs"]["matte"] == str(matte) and matte.parent.parent == shot / "inputs"
+    frames = sorted(matte.parent.glob("*.exr"))
+    assert len(frames) == FRAMES[1] - FRAMES[0] + 1
+    assert all(read_exr(f).pixels.dtype == np.float16 for f in frames), "conversions are half float"
+    assert len(list((shot / "inputs").iterdir())) == 1, "the unchanged movie strip was converted once"
+
+    assert result["reuse_result"]["result"] == "FINISHED"
+    assert result["fg"] == result["used"] and result["used"] in result["strips"], "the strip used as an input stays"
+    assert result["new_result"] != result["used"] and result["new_result"] in result["strips"]
+
+    assert result["port_in_use"].startswith("Error: port ") and "already in use" in result["port_in_use"]
+    assert not result["local_running"]
+
+
+def test_folders_that_cannot_be_written_and_a_missing_camera_are_reported(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    result = run_scenario(tmp_path, "unwritable", {**shot_args, "cvgen": str(Path(sys.executable).parent / "cvgen")})
+
+    assert result["no_camera"] == "Error: scene 'sh010' has no camera: add one (or set the scene's camera) " \
+                                  "before rendering passes\n"
+    blocker = tmp_path / "project" / "cvgen"
+    for operator in ("passes", "render", "farm"):
+        error = result[operator]
+        assert error.startswith(f"Error: cannot create the folder {blocker}/sh010"), (operator, error)
+        assert error.rstrip().endswith(f"{blocker} is a file, not a folder") and "Traceback" not in error
+
+
+def test_render_passes_in_eevee_names_the_engine_as_blender_does(blender_python: Path, tmp_path: Path) -> None:
+    result = run_scenario(tmp_path, "passes_eevee", {"blend": str(tmp_path / "e.blend")})
+
+    assert "the EEVEE engine has no object index pass; render passes with Cycles" in result["error"]
+    assert "BLENDER_EEVEE" not in result["error"]
+
+
+def test_a_job_a_restarted_server_resumed_is_attached_to_and_gets_its_strip(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    frames = (1001, 1003)
+    shot = make_shot(tmp_path / "long", range(frames[0], frames[1] + 1))
+    rendered, restarted = tmp_path / "rendered", tmp_path / "restarted"
+    command, result_path = scenario_files(tmp_path, "resume", {
+        **shot_args, "shot": shot, "frames": list(frames), "op": "harmonize", "params": {"steps": 4},
+        "timeout": 3.0, "rendered": str(rendered), "restarted": str(restarted),
+    })
+    proc = subprocess.Popen(command, env=blender_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    again = ServerProcess(server.jobs_dir, bind=server.endpoint)
+    try:
+        with Client(server.endpoint) as client:
+            deadline = time.monotonic() + 120
+            while not (running := client.status().get("running")):
+                assert proc.poll() is None and time.monotonic() < deadline, "the job never got going"
+                time.sleep(0.1)
+        server.stop()  # SIGTERM: the job stops cleanly and resumes with the next server on this folder
+        deadline = time.monotonic() + 60
+        while not rendered.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "Blender's render never returned"
+            time.sleep(0.1)
+        again.start()
+        restarted.write_text("restarted")
+        output = proc.communicate(timeout=180)[0]
+        assert proc.returncode == 0, output[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if again.proc is not None:
+            again.stop(signal.SIGKILL)
+    result = json.loads(result_path.read_text())
+    job = running[0]
+    assert result["render"]["result"] == "error" and result["render"]["job"] == job
+    assert result["attach"] == "FINISHED", result["attach"]
+    assert result["job"] == job
+    folder = tmp_path / "project" / "cvgen" / "sh010" / job
+    assert result["strip"]["files"] == [str(folder / f"sh010.{f}.exr") for f in range(frames[0], frames[1] + 1)]
+    assert all(read_exr(f).attributes["cvgen:op"] == "harmonize" for f in result["strip"]["files"])

@@ -207,14 +207,14 @@ def test_run_job_drops_inputs_the_op_does_not_take_and_returns_done(server: Serv
     done = jobs.run_job(request(server, {**shot, "depth": shot["plate"]}, tmp_path), events.append)
 
     assert isinstance(done, Done) and sorted(done.frames) == [1001, 1002, 1003]
-    assert events[0] == jobs.Notice("colormatch does not take a depth input; it was not sent")
+    assert events[0] == jobs.Notice("colormatch does not take a Depth input; it was not sent"), "the panel's label"
     assert isinstance(events[1], Accepted) and events[-1] is done
     assert sum(isinstance(e, FrameReady) for e in events) == 3
 
 
 def test_a_missing_required_input_stops_before_submitting(server: ServerProcess, tmp_path: Path) -> None:
     shot = make_shot(tmp_path / "shot", range(1001, 1004))
-    with pytest.raises(SetupError, match="colormatch needs a fg strip"):
+    with pytest.raises(SetupError, match="colormatch needs a Foreground strip"):  # the panel's label
         jobs.run_job(request(server, {"plate": shot["plate"]}, tmp_path), lambda e: None)
 
 
@@ -283,14 +283,15 @@ def test_local_server_checks_its_settings(tmp_path: Path) -> None:
         server.start(sys.executable, "tcp://gpu-box:5555", tmp_path)
 
 
-def test_local_server_reports_a_server_that_exits(tmp_path: Path) -> None:
+def test_local_server_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
+    """Starting anyway would report "running" while the child dies, and Connect would reach the other program."""
     probe = ServerProcess(tmp_path / "probe").start()
     try:
         server = local_server.LocalServer()
-        server.start(sys.executable, probe.endpoint, tmp_path / "local")  # the port is taken
-        server.proc.wait(60)  # type: ignore[union-attr]
-        assert server.status().startswith("stopped (exit code 1): ")
-        assert "Address already in use" in server.status()
+        port = probe.endpoint.rpartition(":")[2]
+        with pytest.raises(SetupError, match=f"^port {port} on 127.0.0.1 is already in use by another program"):
+            server.start(sys.executable, probe.endpoint, tmp_path / "local")
+        assert server.proc is None and server.status() == "not started"
     finally:
         probe.stop()
 
@@ -306,7 +307,7 @@ def test_a_farm_submission_writes_the_job_file_and_an_openjd_bundle_that_passes_
     req = request(ServerProcess(tmp_path / "unused"), {**shot, "depth": shot["plate"]}, tmp_path,
                   params={"strength": 0.009999999776482582})
     spec, notices = farm.farm_spec(req, [COLORMATCH])
-    assert notices == ["colormatch does not take a depth input; it was not sent"]
+    assert notices == ["colormatch does not take a Depth input; it was not sent"]
     assert spec.params == {"strength": 0.01} and spec.job_id == req.job_id and spec.output == req.output
     sub = farm.submission(spec, farm.FarmOptions("openjd", chunk=2, show="ignored", shot="for OpenCue"))
     assert (sub.engine, sub.chunk, sub.show, sub.shot) == ("openjd", 2, "", "")
@@ -393,3 +394,31 @@ def test_conversions_refuse_a_job_in_another_colour_space() -> None:
         strips.check_convertible("clip", "it is a movie strip", "ACEScg")
     assert strips.blender_colorspace("Linear Rec.709 (sRGB)") == "Linear Rec.709"
     assert strips.blender_colorspace("ACEScg") == "ACEScg"
+
+
+def test_build_offline_says_which_wheels_it_needs_and_how_to_supply_them(tmp_path: Path) -> None:
+    """No index to download from (an offline build machine): one message, no traceback, a failing exit."""
+    import os
+
+    env = {**os.environ, "PIP_NO_INDEX": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "blender_addon" / "build.py"), "--out", str(tmp_path / "x.zip"),
+                           "--wheels", str(tmp_path / "wheels")], env=env, capture_output=True, text=True, check=False)
+
+    assert proc.returncode != 0 and not (tmp_path / "x.zip").exists()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    (message,) = proc.stderr.strip().splitlines()
+    assert "pyzmq-27.3.0-cp311-cp311-win_amd64.whl" in message and "msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl" in message
+    assert f"--wheels {tmp_path / 'wheels'}" in message and "pypi.org" in message
+
+
+def test_an_op_summary_is_wrapped_to_the_sidebar_not_cut_off(server: ServerProcess) -> None:
+    """Harmonize's summary is longer than a default sidebar (about 300 px) is wide: every word shows."""
+    from cvgen.protocol.client import Client
+
+    text = importlib.import_module("cvgen_blender_core.text")
+    with Client(server.endpoint) as client:
+        summary = next(op["summary"] for op in client.hello()["ops"] if op["name"] == "harmonize")
+    for width, scale in ((300, 1.0), (600, 2.0)):
+        lines = text.sidebar_lines(summary, width, scale)
+        assert len(lines) > 1 and " ".join(lines) == summary
+        assert all(len(line) * text.CHAR_PX * scale <= width - text.MARGIN_PX * scale for line in lines)

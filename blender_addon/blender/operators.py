@@ -3,7 +3,9 @@
 Render runs modal in the UI (a timer polls a worker thread, Esc or Cancel stops the job on the
 server) and blocking where there is no UI to keep alive (background mode, or a script calling
 `bpy.ops.cvgen.render()`), so a farm task or a pipeline script gets its strip when the call
-returns. Ctrl-C in a blocking render cancels the job on the server too.
+returns. Ctrl-C in a blocking render cancels the job on the server too, and raises (an ERROR
+report), so the script stops there. Resume Unfinished Job is Render for a job already on the server.
+Submit to Farm runs `cvgen farm` on a worker thread from the panel (`farm_task`), blocking otherwise.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 from bpy.types import Context, Event, Operator
 
 from ..core import SetupError
@@ -34,14 +37,16 @@ from ..core.jobs import (
     RenderRequest,
     Worker,
     cancel_job,
+    check_job,
     describe,
     hello,
     run_job,
+    unfinished_jobs,
 )
 from ..core.local_server import LOCAL
 from ..core.params import ops_from_hello
 from ..core.protocol import client, protocol
-from ..core.shots import converted_input, job_dir, new_job_id, pass_template, shot_name
+from ..core.shots import converted_input, job_dir, make_dir, new_job_id, os_problem, pass_template, shot_name
 from ..core.strips import (
     StripInfo,
     check_convertible,
@@ -51,7 +56,7 @@ from ..core.strips import (
     result_files,
     strip_range,
 )
-from . import passes, strips
+from . import farm_task, passes, strips
 from .prefs import local_server_folder, preferences, server_settings
 from .props import STRIP_ROLES, op_schemas, sync_params
 
@@ -98,6 +103,7 @@ def plan_render(context: Context, to_server: bool = True) -> Plan:
     shot = shot_name(settings.shot or scene.name)
     job_id = new_job_id(shot)
     folder = job_dir(bpy.data.filepath, shot, job_id)
+    make_dir(folder.parent)
     schema = op_schemas(context.window_manager).get(settings.op)
     inputs: dict[str, str] = {}
     used: list[StripInfo] = []
@@ -111,7 +117,8 @@ def plan_render(context: Context, to_server: bool = True) -> Plan:
         template, why = path_template(strip, frames)
         if template is None:
             check_convertible(strip.name, why, settings.colorspace)
-            template = converted_input(folder, role)
+            key = strips.conversion_key(scene, strip.name, frames) or f"{job_id}-{role}"
+            template = converted_input(bpy.data.filepath, shot, key)
             conversions.append((strip.name, template))
             notices.append(f"{label} strip {strip.name!r} was rendered to EXR for the server: {why}")
         inputs[role] = template
@@ -122,12 +129,35 @@ def plan_render(context: Context, to_server: bool = True) -> Plan:
     return Plan(request, used, conversions, notices)
 
 
+def convert_inputs(scene: bpy.types.Scene, plan: Plan) -> None:
+    """Render the plan's strips the server cannot read, reusing conversions of unchanged strips."""
+    for name, template in plan.conversions:
+        strips.convert(scene, name, plan.frames, template)
+
+
+def failure(exc: Exception) -> str:
+    """Any failure before a job is sent, as a sentence: the server's own errors (some of which are
+    OS errors, like a timeout) as `describe` words them, other OS errors naming the file."""
+    if isinstance(exc, OSError) and not isinstance(exc, protocol.CvgenError):
+        return os_error(exc)
+    return describe(exc)
+
+
+def os_error(exc: OSError) -> str:
+    """An OS error while writing the add-on's files, as one sentence naming the file and the problem."""
+    if exc.filename is None:
+        return f"cvgen could not write its files: {(exc.strerror or str(exc)).lower()}"
+    return f"cannot write {exc.filename}: {os_problem(Path(exc.filename), exc)}"
+
+
 def add_result(scene: bpy.types.Scene, plan: Plan, done: Any) -> Any:
     """The job's frames as an image strip on the first free channel above the inputs, in place of
-    the previous result's strip; the previous result's files stay on disk."""
+    the previous result's strip unless this job read it (then it stays, and the new strip gets a
+    name of its own); the previous result's files stay on disk."""
     settings = scene.cvgen
     folder, files, first = result_files(done.frames)
-    strips.remove_marked(scene, settings.result_strip, strips.RESULT_MARK)
+    if settings.result_strip not in {s.name for s in plan.inputs}:
+        strips.remove_marked(scene, settings.result_strip, strips.RESULT_MARK)
     others = [s for s in strips.all_info(scene) if s.name not in {i.name for i in plan.inputs}]
     channel = result_channel(plan.inputs, others, plan.frames)
     name = f"{plan.request.name} {plan.request.op}"
@@ -208,11 +238,9 @@ class CVGEN_OT_connect(Operator):
         return {"CANCELLED"}
 
 
-class CVGEN_OT_render(Operator):
-    """Send the shot to the cvgen server; the result comes back as a strip above the inputs"""
-
-    bl_idname = "cvgen.render"
-    bl_label = "Render"
+class JobOperator(Operator):
+    """Render's machinery, shared with Resume Unfinished Job (Blender breaks a registered operator class
+    that another one subclasses, so both derive from this unregistered one); `_prepare` picks the job."""
 
     _worker: JobWorker | None = None
     _timer: Any = None
@@ -249,6 +277,8 @@ class CVGEN_OT_render(Operator):
             if isinstance(event_, Finished):
                 context.window_manager.event_timer_remove(self._timer)
                 context.workspace.status_text_set(None)
+                if event_.cancelled:  # the artist asked for it: the server's own wording would repeat it
+                    event_ = Finished(error="cancelled", cancelled=True)
                 return self._finish(context, event_)
             self._on_event(context, event_)
         context.workspace.status_text_set(f"cvgen: {session.status} (Esc cancels)")
@@ -264,19 +294,23 @@ class CVGEN_OT_render(Operator):
             done = run_job(request, lambda e: self._on_event(context, e))
         except KeyboardInterrupt:
             state = cancel_job(request.server, request.online_access, request.job_id)
-            return self._finish(context, Finished(error=f"interrupted; the job is {state}", cancelled=True))
+            return self._finish(context, Finished(error=f"interrupted by Ctrl-C, {state} on the server", cancelled=True))
         except Exception as exc:  # reported: a script sees a RuntimeError with this message
             return self._finish(context, Finished(error=describe(exc)))
         return self._finish(context, Finished(done=done))
 
     def _prepare(self, context: Context) -> Plan | None:
-        """Plan the job and render the strips the server cannot read; None (reported) on a problem."""
+        """Plan the job and render the strips the server cannot read; None (reported) on a problem.
+
+        When strips need converting, the server checks the job first (it is up, takes the keys, the op,
+        inputs and parameters), so a job it would refuse costs no conversion and leaves no files."""
         try:
             plan = plan_render(context)
-            for name, template in plan.conversions:
-                strips.render_strip(context.scene, name, plan.frames, template)
-        except SetupError as exc:
-            self.report({"ERROR"}, str(exc))
+            if plan.conversions:
+                check_job(plan.request)
+            convert_inputs(context.scene, plan)
+        except Exception as exc:  # reported, as every failure to reach the server is
+            self.report({"ERROR"}, failure(exc))
             return None
         for text in plan.notices:
             self.report({"INFO"}, text)
@@ -306,7 +340,11 @@ class CVGEN_OT_render(Operator):
         assert self._plan is not None
         output = self._plan.request.output
         if finished.cancelled:
-            self.report({"WARNING"}, f"cvgen: {finished.error}; finished frames stay in {output}")
+            # An ERROR report makes a script's bpy.ops call raise, so a headless `render(); save()` stops
+            # there and a farm task fails (with --python-exit-code), instead of carrying on as if it had rendered.
+            level = "ERROR" if bpy.app.background else "WARNING"
+            self.report({level}, f"cvgen: job {self._plan.request.job_id} {finished.error}; "
+                                 f"finished frames stay in {output}")
             return {"CANCELLED"}
         if finished.error:
             self.report({"ERROR"}, finished.error)
@@ -320,6 +358,41 @@ class CVGEN_OT_render(Operator):
         self.report({"INFO"}, f"cvgen: {len(finished.done.frames)} frames in {output}, strip {strip.name!r} "
                                f"on channel {strip.channel}")
         return {"FINISHED"}
+
+
+class CVGEN_OT_render(JobOperator):
+    """Send the shot to the cvgen server; the result comes back as a strip above the inputs"""
+
+    bl_idname = "cvgen.render"
+    bl_label = "Render"
+
+
+class CVGEN_OT_attach(JobOperator):
+    """Attach to this shot's latest unfinished job on the server (one a restarted server resumed) and get
+    its strip when it finishes, as Render would"""
+
+    bl_idname = "cvgen.attach"
+    bl_label = "Resume Unfinished Job"
+
+    def _prepare(self, context: Context) -> Plan | None:
+        """The latest unfinished job of this shot that this workstation sent; None (reported) if none."""
+        scene = context.scene
+        server, online = server_settings(context), bpy.app.online_access
+        shot = shot_name(scene.cvgen.shot or scene.name)
+        try:
+            check_allowed(server.address, online)
+            found = unfinished_jobs(server, online, shot)
+        except Exception as exc:  # reported, as every failure to reach the server is
+            self.report({"ERROR"}, failure(exc))
+            return None
+        if not found:
+            self.report({"ERROR"}, f"the cvgen server at {server.address} has no unfinished job of shot {shot!r}")
+            return None
+        request = found[-1]
+        self.report({"INFO"}, f"cvgen: attaching to job {request.job_id} ({request.op}, frames "
+                              f"{request.frames[0]}-{request.frames[1]})")
+        scene.cvgen.last_job = request.job_id
+        return Plan(request, [])
 
 
 class CVGEN_OT_cancel(Operator):
@@ -354,9 +427,15 @@ class CVGEN_OT_render_passes(Operator):
             templates = {role: pass_template(bpy.data.filepath, shot, layer.name, role) for role, _ in passes.PASSES}
             selected = [o for o in layer.objects if o.select_get(view_layer=layer)]
             passes.render(source, layer.name, selected, frames, templates)
+            renders_3d = source == scene and not (scene.sequence_editor and len(strips.strips(scene)))
             self._add_strips(scene, frames, templates)
+            if renders_3d:  # the new strips would take over F12; it stays the 3D scene's render
+                scene.render.use_sequencer = False
         except SetupError as exc:
             self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except OSError as exc:
+            self.report({"ERROR"}, os_error(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"cvgen: passes of {len(frames)} frames in {os.path.dirname(os.path.dirname(templates['plate']))}")
         return {"FINISHED"}
@@ -390,6 +469,19 @@ class CVGEN_OT_submit_farm(Operator):
     bl_idname = "cvgen.submit_farm"
     bl_label = "Submit to Farm"
 
+    background: BoolProperty(  # type: ignore[valid-type]
+        options={"HIDDEN", "SKIP_SAVE"},
+        description="run `cvgen farm` on a worker thread (the panel's button does); a script then polls farm_task.poll",
+    )
+
+    @classmethod
+    def poll(cls, context: Context) -> bool:
+        return not context.window_manager.cvgen.farm_running
+
+    def invoke(self, context: Context, event: Event) -> set[str]:
+        self.background = context.window is not None and not bpy.app.background
+        return self.execute(context)
+
     def execute(self, context: Context) -> set[str]:
         scene, settings = context.scene, context.scene.cvgen
         prefs = preferences(context)
@@ -401,19 +493,38 @@ class CVGEN_OT_submit_farm(Operator):
             request = plan.request
             spec, notices = farm_spec(request, [json.loads(op.schema_json) for op in context.window_manager.cvgen.ops])
             sub = submission(spec, options)
-            for name, template in plan.conversions:
-                strips.render_strip(scene, name, plan.frames, template)
-            result = submit(cvgen, sub, job_file_path(bpy.data.filepath, request.name, request.job_id),
-                            options.spec_only)
+            convert_inputs(scene, plan)
+            job_file = job_file_path(bpy.data.filepath, request.name, request.job_id)
+            if not self.background:
+                result = submit(cvgen, sub, job_file, options.spec_only)
         except SetupError as exc:
             self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except OSError as exc:
+            self.report({"ERROR"}, os_error(exc))
             return {"CANCELLED"}
         for text in plan.notices + notices:
             self.report({"INFO"} if text in plan.notices else {"WARNING"}, text)
         settings.last_job = request.job_id
-        settings.last_farm = ", ".join(result.launched) if result.launched else str(result.output)
+        if self.background:
+            engine = settings.bl_rna.properties["farm_engine"].enum_items[settings.farm_engine].name
+            farm_task.start(context, lambda emit: submit_on_worker(cvgen, sub, job_file, options.spec_only),
+                            f"Submitting {request.job_id} to {engine}")
+            self.report({"INFO"}, f"cvgen: submitting job {request.job_id} to {engine}; the panel's Farm box "
+                                  "shows when it is done")
+            return {"FINISHED"}
+        settings.last_farm = farm_task.farm_label(result)
         self.report({"INFO"}, result.message)
         return {"FINISHED"}
+
+
+def submit_on_worker(cvgen: str, sub: Any, job_file: Any, spec_only: bool) -> Any:
+    """`submit` for a worker thread: an OS error (the farm folder cannot be written) reaches the panel as
+    the sentence the blocking path reports, not as an unexpected error."""
+    try:
+        return submit(cvgen, sub, job_file, spec_only)
+    except OSError as exc:
+        raise SetupError(os_error(exc)) from None
 
 
 class CVGEN_OT_server_start(Operator):
@@ -476,6 +587,7 @@ def _redraw(context: Context) -> None:
 classes = (
     CVGEN_OT_connect,
     CVGEN_OT_render,
+    CVGEN_OT_attach,
     CVGEN_OT_cancel,
     CVGEN_OT_render_passes,
     CVGEN_OT_submit_farm,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bpy.types import Context, Panel, UILayout
 
+from ..core.text import sidebar_lines
 from .props import STRIP_ROLES, CvgenParam, op_schemas
 
 _LIGHTS = {"UNKNOWN": "RADIOBUT_OFF", "CONNECTING": "SORTTIME", "CONNECTED": "CHECKMARK", "FAILED": "ERROR"}
@@ -26,7 +27,9 @@ class SEQUENCER_PT_cvgen(Panel):
         layout.prop_search(settings, "op", session, "ops", icon="NODE")
         schema = op_schemas(context.window_manager).get(settings.op)
         if schema is not None and schema.summary:
-            layout.label(text=schema.summary)
+            col = layout.column(align=True)
+            for line in sidebar_lines(schema.summary, context.region.width, context.preferences.view.ui_scale):
+                col.label(text=line)
         for param in settings.params:
             _draw_param(layout, param)
 
@@ -52,7 +55,9 @@ class SEQUENCER_PT_cvgen(Panel):
             row.progress(factor=session.progress, type="BAR", text=session.status or "Waiting")
             row.operator("cvgen.cancel", text="", icon="CANCEL")
         else:
-            layout.operator("cvgen.render", icon="RENDER_ANIMATION")
+            row = layout.row(align=True)
+            row.operator("cvgen.render", icon="RENDER_ANIMATION")
+            row.operator("cvgen.attach", text="", icon="RECOVER_LAST")
 
         box = layout.box()
         box.prop(settings, "passes_scene")
@@ -68,7 +73,9 @@ class SEQUENCER_PT_cvgen(Panel):
             row.prop(settings, "farm_shot")
             box.prop(settings, "farm_spec_only")
         box.operator("cvgen.submit_farm", icon="EXPORT")
-        if settings.last_farm:
+        if session.farm_running or session.farm_failed:
+            box.label(text=session.farm_status, icon="SORTTIME" if session.farm_running else "ERROR")
+        if settings.last_farm and not session.farm_failed:
             box.label(text=settings.last_farm)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -21,6 +22,7 @@ from bpy.types import Scene
 
 from ..core import SetupError
 from ..core.protocol import protocol
+from ..core.shots import make_dir
 from .strips import exr_output, scene_copy
 
 #: Pass roles and the Render Layers output each comes from ("matte" goes through an ID Mask).
@@ -43,6 +45,13 @@ def matte_index(scene: Scene, objects: list[Any]) -> Iterator[int]:
             o.pass_index = before[o.name]
 
 
+def engine_name(scene: Scene) -> str:
+    """The engine as Blender's Render Properties name it ("EEVEE"), not its identifier (BLENDER_EEVEE_NEXT)."""
+    items = scene.render.bl_rna.properties["engine"].enum_items
+    engine = scene.render.engine
+    return items[engine].name if engine in items.keys() else engine
+
+
 def _compositor(scene: Scene, view_layer: str, index: int, templates: dict[str, str]) -> None:
     """Replace the copy's compositor: Render Layers -> Composite (the plate) and -> File Output
     (depth, and the ID Mask of `index` as the matte)."""
@@ -52,7 +61,7 @@ def _compositor(scene: Scene, view_layer: str, index: int, templates: dict[str, 
     layers = tree.nodes.new("CompositorNodeRLayers")
     layers.scene, layers.layer = scene, view_layer
     if "IndexOB" not in layers.outputs or not layers.outputs["IndexOB"].enabled:
-        raise SetupError(f"the {scene.render.engine} engine has no object index pass; render passes with Cycles")
+        raise SetupError(f"the {engine_name(scene)} engine has no object index pass; render passes with Cycles")
     composite = tree.nodes.new("CompositorNodeComposite")
     tree.links.new(layers.outputs["Image"], composite.inputs["Image"])
     mask = tree.nodes.new("CompositorNodeIDMask")
@@ -73,10 +82,12 @@ def _compositor(scene: Scene, view_layer: str, index: int, templates: dict[str, 
 
 def render(source: Scene, view_layer: str, objects: list[Any], frames: range, templates: dict[str, str]) -> None:
     """Render `frames` of `source`'s `view_layer` into the EXR sequences `templates` (role -> path)."""
+    if source.camera is None:
+        raise SetupError(f"scene {source.name!r} has no camera: add one (or set the scene's camera) before rendering passes")
     if not objects:
         raise SetupError("select the objects the matte should show before rendering passes")
     for template in templates.values():
-        os.makedirs(os.path.dirname(template), exist_ok=True)
+        make_dir(Path(template).parent)
     with scene_copy(source) as copy, matte_index(source, objects) as index:
         for layer in copy.view_layers:
             layer.use = layer.name == view_layer

@@ -73,11 +73,16 @@ def op_schemas(wm: bpy.types.WindowManager) -> dict[str, Any]:
 
 
 def sync_params(settings: CvgenSceneSettings, schema: Any) -> None:
-    """Rebuild the parameter items for `schema`, keeping the artist's values that still fit."""
-    current = {p.name: p.value for p in settings.params}
+    """Rebuild the parameter items for `schema` from the values the artist last set for that op, the
+    server's defaults elsewhere. Values are kept per op (the items shown belong to `params_op`; items
+    not yet tied to an op are the current op's), so one op's values never leak into another's."""
+    stored = json.loads(settings.op_params or "{}")
+    stored[settings.params_op or schema.name] = {p.name: p.value for p in settings.params}
+    settings.op_params = json.dumps(stored)
     settings.params.clear()
-    for param in from_schema(schema, current):
+    for param in from_schema(schema, stored.get(schema.name, {})):
         settings.params.add().set(param)
+    settings.params_op = schema.name
 
 
 def _op_changed(settings: CvgenSceneSettings, context: Context) -> None:
@@ -99,6 +104,8 @@ class CvgenSceneSettings(PropertyGroup):
 
     op: StringProperty(name="Op", description="what the server does to the shot", update=_op_changed)  # type: ignore[valid-type]
     params: CollectionProperty(type=CvgenParam)  # type: ignore[valid-type]
+    params_op: StringProperty(description="the op whose parameters `params` holds")  # type: ignore[valid-type]
+    op_params: StringProperty(description="the parameter values last set for each op, as JSON")  # type: ignore[valid-type]
     frame_source: EnumProperty(  # type: ignore[valid-type]
         name="Frames",
         items=(("SCENE", "Scene", "the scene's frame range"),
@@ -147,6 +154,9 @@ class CvgenSession(PropertyGroup):
     cancel_requested: BoolProperty()  # type: ignore[valid-type]
     progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")  # type: ignore[valid-type]
     status: StringProperty()  # type: ignore[valid-type]
+    farm_running: BoolProperty()  # type: ignore[valid-type]
+    farm_failed: BoolProperty()  # type: ignore[valid-type]
+    farm_status: StringProperty(description="the farm submission's progress, or how it ended")  # type: ignore[valid-type]
 
 
 def register_pointers() -> None:

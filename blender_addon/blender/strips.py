@@ -8,9 +8,12 @@ data, and is removed afterwards; the artist's scene is never changed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -18,6 +21,7 @@ from bpy.types import Scene
 
 from ..core import SetupError
 from ..core.protocol import protocol
+from ..core.shots import make_dir, shot_name
 from ..core.strips import StripInfo, blender_colorspace
 
 #: Marks strips this add-on made, so a re-render replaces only its own strips.
@@ -78,8 +82,72 @@ def exr_output(scene: Scene, template: str) -> None:
     scene.render.use_file_extension = True  # `.exr` is there already; File Output nodes need this to add it
 
 
+#: Strip kinds whose pixels come from files alone, so a fingerprint can tell when they change.
+_FILE_KINDS = {"IMAGE", "MOVIE"}
+#: Properties that do not change a strip's pixels when it is rendered alone.
+_IGNORED = {"name", "channel", "mute", "lock", "select", "select_left_handle", "select_right_handle"}
+_SIMPLE = {"BOOLEAN", "INT", "FLOAT", "STRING", "ENUM"}
+#: Marks a conversion folder whose frames were all written.
+COMPLETE = ".complete"
+
+
+def _values(data: Any) -> dict[str, Any]:
+    """`data`'s simple RNA properties as plain values."""
+    out = {}
+    for prop in data.bl_rna.properties:
+        if prop.type in _SIMPLE and prop.identifier not in _IGNORED:
+            value = getattr(data, prop.identifier)
+            out[prop.identifier] = sorted(value) if isinstance(value, set) else (
+                value if isinstance(value, (bool, int, float, str)) else list(value))
+    return out
+
+
+def _source_files(strip: Any) -> list[tuple[str, float, int]]:
+    """Path, modification time and size of each file the strip reads (a missing one counts as changed)."""
+    if strip.type == "MOVIE":
+        paths = [bpy.path.abspath(strip.filepath, library=strip.id_data.library)]
+    else:
+        folder = bpy.path.abspath(strip.directory, library=strip.id_data.library)
+        paths = [os.path.join(folder, e.filename) for e in strip.elements]
+    stats = []
+    for path in paths:
+        stat = os.stat(path) if os.path.exists(path) else None
+        stats.append((os.path.normpath(path), stat.st_mtime if stat else -1.0, stat.st_size if stat else -1))
+    return stats
+
+
+def conversion_key(scene: Scene, name: str, frames: range) -> str | None:
+    """A name for strip `name`'s conversion over `frames` that changes whenever its pixels would:
+    its source files, settings, modifiers and the scene's output size. None for strips whose pixels
+    do not come from files alone (scene, effect or meta strips), which are converted every time."""
+    strip = find(scene, name)
+    if strip.type not in _FILE_KINDS:
+        return None
+    parts: list[Any] = [frames.start, frames.stop, _values(strip), _source_files(strip)]
+    parts += [_values(getattr(strip, sub)) for sub in ("transform", "crop", "colorspace_settings") if hasattr(strip, sub)]
+    parts += [[m.type, _values(m)] for m in strip.modifiers]
+    render = scene.render
+    parts.append([render.resolution_x, render.resolution_y, render.resolution_percentage, render.pixel_aspect_x,
+                  render.pixel_aspect_y, render.fps, render.fps_base])
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return f"{shot_name(name)}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def convert(scene: Scene, name: str, frames: range, template: str) -> bool:
+    """Render strip `name` to `template` unless a complete conversion is there already (its folder is
+    named by `conversion_key`); True if it rendered."""
+    marker = os.path.join(os.path.dirname(template), COMPLETE)
+    if os.path.exists(marker):
+        return False
+    render_strip(scene, name, frames, template)
+    with open(marker, "w", encoding="utf-8"):
+        pass
+    return True
+
+
 def render_strip(scene: Scene, name: str, frames: range, template: str) -> None:
-    """Render strip `name` of `scene`, alone, over `frames` to EXRs at `template` (`####` = frame)."""
+    """Render strip `name` of `scene`, alone, over `frames` to half-float EXRs at `template` (`####` = frame):
+    half float holds footage's range and precision in half the disk space of float."""
     with scene_copy(scene) as copy:
         for strip in strips(copy):
             strip.mute = strip.name != name
@@ -88,7 +156,8 @@ def render_strip(scene: Scene, name: str, frames: range, template: str) -> None:
         copy.render.use_compositing = False
         copy.frame_start, copy.frame_end = frames.start, frames.stop - 1
         exr_output(copy, template)
-        os.makedirs(os.path.dirname(template), exist_ok=True)
+        copy.render.image_settings.color_depth = "16"
+        make_dir(Path(template).parent)
         bpy.ops.render.render(animation=True, scene=copy.name)
     missing = [f for f in frames if not os.path.exists(protocol.frame_path(template, f))]
     if missing:

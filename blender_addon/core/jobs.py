@@ -8,16 +8,18 @@ schema (`hello`) before it is sent, so a wrong op, input or parameter is reporte
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import SetupError
 from .connection import ServerSettings, open_client
 from .params import find_op, job_params, ops_from_hello
-from .protocol import client, errors, protocol
+from .protocol import client, errors, protocol, schema
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ def build_job(request: RenderRequest, hello: dict[str, Any], emit: Emit) -> Any:
     op without depth simply ignores a depth strip. A missing required input stops here.
     """
     op = find_op(ops_from_hello(hello), request.op)
+    labels = {r.name: r.label for r in op.role_schemas}  # the panel's names for the roles, not the wire's
     inputs = {role: path for role, path in request.inputs.items() if role in op.roles}
     for role in sorted(set(request.inputs) - set(inputs)):
-        emit(Notice(f"{op.name} does not take a {role} input; it was not sent"))
-    missing = [role for role in op.inputs if role not in inputs]
+        emit(Notice(f"{op.name} does not take a {schema.role_label(role)} input; it was not sent"))
+    missing = [labels[role] for role in op.inputs if role not in inputs]
     if missing:
         raise SetupError(f"{op.name} needs a {' and a '.join(missing)} strip")
     params, warnings = job_params(op, request.params)
@@ -83,6 +86,13 @@ def hello(server: ServerSettings, online_access: bool) -> dict[str, Any]:
         return c.hello()
 
 
+def check_job(request: RenderRequest) -> None:
+    """Everything `run_job` checks before it sends (server up, keys, op, inputs, parameters), without
+    sending: run before inputs are converted, so a refused job costs no conversion and leaves no files."""
+    with open_client(request.server, request.online_access) as c:
+        build_job(request, c.hello(), lambda event: None)
+
+
 def run_job(request: RenderRequest, emit: Emit, cancelled: Callable[[], bool] = lambda: False) -> Any:
     """Check, submit and follow the job; every event goes to `emit`; returns the `Done`.
 
@@ -97,9 +107,45 @@ def run_job(request: RenderRequest, emit: Emit, cancelled: Callable[[], bool] = 
             raise protocol.JobCancelled("cancelled", "the job was cancelled before it was sent", request.job_id)
         done = None
         for event in c.submit(spec):
+            if isinstance(event, client.Accepted):  # a refused job leaves nothing behind
+                keep_sent(spec, emit)
             emit(event)
             done = event
         return done
+
+
+#: The job as sent, in its output folder: to attach to it again, a host must send the very same job.
+SENT_FILE = "cvgen-job.json"
+#: Server states of a job that is not finished, so a host can attach to it and wait for its frames.
+UNFINISHED = ("queued", "running")
+
+
+def keep_sent(spec: Any, emit: Emit) -> None:
+    """Write the job as sent beside its results, so Blender can attach to it after a server restart."""
+    folder = Path(spec.output)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SENT_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
+    except OSError as exc:
+        emit(Notice(f"{folder} cannot be written ({exc.strerror}): this job cannot be resumed from Blender"))
+
+
+def unfinished_jobs(server: ServerSettings, online_access: bool, shot: str) -> list[RenderRequest]:
+    """The server's unfinished jobs of `shot` that this workstation sent, oldest first, as the requests
+    that attach to them (a job sent again under its id attaches, or resumes, on the server)."""
+    with open_client(server, online_access) as c:
+        listed = c.jobs()
+    found = []
+    for status in listed:
+        sent = Path(str(status.get("output", ""))) / SENT_FILE
+        if status.get("state") not in UNFINISHED or not sent.is_file():
+            continue
+        spec = protocol.JobSpec.from_dict(json.loads(sent.read_text()))
+        if spec.name == shot and spec.job_id == status.get("job_id"):
+            found.append(RenderRequest(server, online_access, spec.op, spec.frames, dict(spec.inputs),
+                                       dict(spec.params), spec.name, str(spec.output), spec.job_id, spec.seed,
+                                       spec.colorspace))
+    return found
 
 
 def cancel_job(server: ServerSettings, online_access: bool, job_id: str) -> str:

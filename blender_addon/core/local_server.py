@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class LocalServer:
             )
         if not is_local(address) or not host_of(address) or address.endswith(":*"):
             raise SetupError(f"a local server needs a loopback address with a port, like tcp://127.0.0.1:5555, not {address}")
+        check_port_free(address)
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / "server.log"
         with open(self.log_path, "wb") as log:
@@ -77,6 +79,23 @@ class LocalServer:
             return ""
         lines = self.log_path.read_bytes().decode("utf-8", "replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+
+def check_port_free(address: str) -> None:
+    """Refuse a port another program listens on: the child could not bind it and would die, and
+    Connect would then talk to that other program as if it were the local server."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise SetupError(f"a local server needs a port number, like tcp://127.0.0.1:5555, not {address}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own bind does
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise SetupError(f"port {port} on {host} is already in use by another program ({(exc.strerror or '').lower()}): "
+                             "stop it or choose another port for the local server in the cvgen preferences") from None
 
 
 #: The session's local server, shared by the preferences' Start and Stop buttons.

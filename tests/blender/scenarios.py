@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -192,6 +193,7 @@ def scenario_passes(args: dict[str, Any]) -> dict[str, Any]:
         "cube_pass_index": cube.pass_index,
         "compositor_unchanged": scene.use_nodes == compositor_before,
         "scenes": [s.name for s in bpy.data.scenes],
+        "f12_renders_strips": scene.render.use_sequencer,
     }
     settings.op = "colormatch"
     out["render"] = run_render(scene)
@@ -263,6 +265,153 @@ def scenario_farm(args: dict[str, Any]) -> dict[str, Any]:
         bpy.ops.cvgen.submit_farm()
     except RuntimeError as exc:
         out["missing_error"] = str(exc)
+    return out
+
+
+def scenario_local_server_disable(args: dict[str, Any]) -> dict[str, Any]:
+    """Start the local server, then disable the add-on as an artist does in the preferences."""
+    import addon_utils
+
+    from bl_ext.user_default.cvgen.core.local_server import LOCAL
+
+    new_blend(args["blend"], (1, 1))
+    prefs().address = args["address"]
+    prefs().server_python = args["python"]
+    bpy.ops.cvgen.server_start()
+    proc = LOCAL.proc
+    out: dict[str, Any] = {"started": LOCAL.status(), "pid": proc.pid if proc else None}
+    addon_utils.disable(ADDON, default_set=True)
+    out["exit_code"] = proc.poll() if proc else None
+    return out
+
+
+def scenario_farm_background(args: dict[str, Any]) -> dict[str, Any]:
+    """Submit to Farm on a worker thread with each of `commands` (slow cvgen commands), polling the panel's
+    farm line as Blender's timer would, until each submission ends."""
+    import time
+
+    from bl_ext.user_default.cvgen.blender import farm_task
+
+    scene = setup_shot(args)
+    bpy.ops.cvgen.connect()
+    scene.cvgen.farm_engine, scene.cvgen.farm_chunk = "openjd", 2
+    session = bpy.context.window_manager.cvgen
+    out: dict[str, Any] = {"submissions": []}
+    for command in args["commands"]:
+        prefs().cvgen_command = command
+        start = time.monotonic()
+        result = min(bpy.ops.cvgen.submit_farm(background=True))
+        sub: dict[str, Any] = {"result": result, "returned_s": time.monotonic() - start, "job": scene.cvgen.last_job,
+                               "running": session.farm_running, "poll_while_running": bpy.ops.cvgen.submit_farm.poll()}
+        statuses = []
+        while farm_task.poll() is not None and time.monotonic() - start < 60:
+            statuses.append(session.farm_status)
+            time.sleep(0.1)
+        sub.update(statuses=statuses, finished_s=time.monotonic() - start, running_after=session.farm_running,
+                   failed=session.farm_failed, status=session.farm_status, last_farm=scene.cvgen.last_farm)
+        out["submissions"].append(sub)
+    return out
+
+
+def error_of(operator: Callable[[], Any]) -> str:
+    """The report a failing operator raises as RuntimeError ("" if it did not fail)."""
+    try:
+        operator()
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
+def scenario_artist_defects(args: dict[str, Any]) -> dict[str, Any]:
+    """On one shot, as an artist works: switch ops and back, render with a movie matte against a
+    server that is down and then up, render again unchanged, render with the last result as the
+    foreground, and Start Local Server on the port the server holds."""
+    from bl_ext.user_default.cvgen.blender.operators import plan_render
+    from bl_ext.user_default.cvgen.core.local_server import LOCAL
+
+    scene = setup_shot(args)
+    settings = scene.cvgen
+    bpy.ops.cvgen.connect()
+    out: dict[str, Any] = {"colormatch": {p.name: p.value for p in settings.params}}
+    settings.params["temporal"].value_float = 1.5
+    settings.op = "harmonize"
+    out["harmonize_sent"] = plan_render(bpy.context).request.params
+    settings.params["feather"].value_float = 5.0
+    settings.op = "colormatch"
+    out["colormatch_back"] = {p.name: p.value for p in settings.params}
+    settings.op = "harmonize"
+    out["harmonize_back"] = {p.name: p.value for p in settings.params}
+    settings.op = "colormatch"
+
+    movie = scene.sequence_editor.strips.new_movie("clip", args["movie"], 3, args["frames"][0])
+    settings.matte = movie.name
+    prefs().address, prefs().timeout = args["dead_address"], 1.0
+    out["down"] = run_render(scene)
+    out["files_after_refusal"] = sorted(str(p) for p in Path(args["blend"]).parent.joinpath("cvgen").rglob("*"))
+    prefs().address, prefs().timeout = args["address"], 10.0
+    out["renders"] = [run_render(scene), run_render(scene)]
+    used = settings.result_strip
+    settings.fg = used
+    out["reuse_result"] = run_render(scene)
+    out["strips"] = [s.name for s in scene.sequence_editor.strips]
+    out["fg"], out["used"], out["new_result"] = settings.fg, used, settings.result_strip
+
+    prefs().server_python = args["python"]
+    out["port_in_use"] = error_of(bpy.ops.cvgen.server_start)
+    out["local_running"] = LOCAL.running
+    return out
+
+
+def scenario_unwritable(args: dict[str, Any]) -> dict[str, Any]:
+    """A 3D scene with strips: Render Passes without a camera; then, with a file named `cvgen` beside
+    the .blend, Render Passes, Render and Submit to Farm."""
+    scene = setup_shot(args)
+    prefs().cvgen_command = args["cvgen"]
+    scene.render.engine = "CYCLES"
+    bpy.ops.mesh.primitive_cube_add(size=1.5)
+    bpy.context.active_object.select_set(True)
+    out = {"no_camera": error_of(bpy.ops.cvgen.render_passes)}
+    bpy.ops.object.camera_add(location=(0, -6, 2), rotation=(1.25, 0, 0))
+    scene.camera = bpy.context.active_object
+    shutil.rmtree(Path(args["blend"]).with_name("cvgen"), ignore_errors=True)
+    Path(args["blend"]).with_name("cvgen").write_text("not a folder")
+    out["passes"] = error_of(bpy.ops.cvgen.render_passes)
+    out["render"] = error_of(bpy.ops.cvgen.render)
+    out["farm"] = error_of(bpy.ops.cvgen.submit_farm)
+    return out
+
+
+def scenario_passes_eevee(args: dict[str, Any]) -> dict[str, Any]:
+    """Render Passes in an EEVEE scene (no object index pass): refused, naming the engine as Blender does."""
+    scene = new_blend(args["blend"], (1, 1))
+    scene.render.engine = "BLENDER_EEVEE_NEXT"
+    bpy.ops.object.camera_add(location=(0, -6, 2), rotation=(1.25, 0, 0))
+    scene.camera = bpy.context.active_object
+    try:
+        bpy.ops.cvgen.render_passes()
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    return {"error": ""}
+
+
+def scenario_resume(args: dict[str, Any]) -> dict[str, Any]:
+    """A render whose server the test stops mid-job; once the test has restarted the server (which
+    resumes the job), Resume Unfinished Job attaches to it and adds its strip."""
+    import time
+
+    scene = setup_shot(args)
+    out: dict[str, Any] = {"render": run_render(scene)}
+    Path(args["rendered"]).write_text("rendered")
+    deadline = time.monotonic() + 60
+    while not Path(args["restarted"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        out["attach"] = min(bpy.ops.cvgen.attach())
+    except RuntimeError as exc:
+        out["attach"] = str(exc)
+    out["job"] = scene.cvgen.last_job
+    if scene.cvgen.result_strip:
+        out["strip"] = strip_facts(scene.sequence_editor.strips[scene.cvgen.result_strip])
     return out
 
 
