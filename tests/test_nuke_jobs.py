@@ -121,7 +121,7 @@ def test_bad_knob_values_are_refused_with_the_knob_named(tmp_path, changes, word
 
 
 def test_missing_inputs_are_named(tmp_path):
-    with pytest.raises(SetupError, match="colormatch needs the plate and fg inputs; connect fg"):
+    with pytest.raises(SetupError, match="colormatch needs the Plate and Foreground inputs; connect Foreground"):
         jobbuild.plan_render(values(), INFO, ["plate", "matte"], (1, 1), str(tmp_path), "n")
 
 

@@ -24,8 +24,8 @@ from support import ServerProcess, make_shot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nuke_plugin"))
 
-from cvgen_nuke import jobbuild, knobs, paths, session  # noqa: E402
-from cvgen_nuke.jobbuild import INPUT_CHANNELS, RenderPlan  # noqa: E402
+from cvgen_nuke import inputs, jobbuild, knobs, paths, session  # noqa: E402
+from cvgen_nuke.jobbuild import RenderPlan  # noqa: E402
 from cvgen_nuke.progress import CANCELLED, DONE, FAILED, JobProgress  # noqa: E402
 from cvgen_nuke.schema import from_hello  # noqa: E402
 
@@ -34,9 +34,12 @@ from cvgen.protocol.client import Client  # noqa: E402
 from cvgen.protocol.errors import AuthenticationFailed, KeyFileError  # noqa: E402
 from cvgen.server.auth import generate_keys  # noqa: E402
 from cvgen.server.io.exr import read_exr, write_exr  # noqa: E402
+from cvgen.server.ops import all_ops  # noqa: E402
 
 #: Nuke channel sets as a Write node names them in the EXR file.
 EXR_CHANNELS = {"rgb": ("R", "G", "B"), "rgba": ("R", "G", "B", "A"), "alpha": ("A",)}
+#: The ops of the server under test, whose roles say which channels each Write node writes.
+SERVER_OPS = from_hello({"ops": [op.schema() for op in all_ops().values()]})
 
 
 class RecordingView:
@@ -83,7 +86,7 @@ def write_inputs_like_nuke(plan: RenderPlan, shot: dict[str, str]) -> dict[str, 
     paths.make_folders(plan.job.inputs.values())
     written: dict[str, dict[int, Image]] = {}
     for role, sequence in plan.job.inputs.items():
-        names = EXR_CHANNELS[INPUT_CHANNELS[role]]
+        names = EXR_CHANNELS[inputs.write_channels(SERVER_OPS.op(plan.job.op), role)]
         for f in plan.job.frame_numbers:
             source = read_exr(frame_path(shot[role], f))
             image = Image(source.stack(names, "float16"), names)

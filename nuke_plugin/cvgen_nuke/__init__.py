@@ -5,8 +5,8 @@ the Nuke adapter only once the dependencies are known to be importable, and catc
 goes wrong, so a broken or half-installed plugin costs one line in Nuke's terminal and never
 Nuke's start.
 
-Modules: `nuke_adapter` is the only one that imports `nuke`; `schema`, `knobs`, `frames`,
-`paths`, `jobbuild`, `transfer`, `exr`, `progress`, `session` and `farm` are plain Python,
+Modules: `nuke_adapter` is the only one that imports `nuke`; `schema`, `knobs`, `inputs`,
+`frames`, `paths`, `jobbuild`, `transfer`, `exr`, `progress`, `session` and `farm` are plain Python,
 tested without Nuke.
 """
 

@@ -8,23 +8,15 @@ the server. The server checks again; this is for the message, not for safety.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from cvgen.protocol import JobSpec, ProtocolError
-from cvgen.protocol.schema import OpSchema, ParamSchema
+from cvgen.protocol.schema import OpSchema, ParamSchema, RoleSchema
 
 from . import frames, knobs, paths, transfer
 from .errors import SetupError
 from .schema import ServerInfo
-
-#: The node's inputs, in input order (input 0 is the plate).
-ROLES = ("plate", "fg", "matte", "depth")
-
-#: Nuke channels each input's Write node writes. The plate's colour is all ops need of it; the
-#: foreground is premultiplied RGBA; the matte is the matte input's alpha; depth is `depth.Z`.
-INPUT_CHANNELS = {"plate": "rgb", "fg": "rgba", "matte": "alpha", "depth": "depth"}
-
 
 @dataclass(frozen=True)
 class KeyFiles:
@@ -60,8 +52,9 @@ def key_files(values: Mapping[str, Any], environ: Mapping[str, str]) -> KeyFiles
 class RenderPlan:
     """A render the node is about to do: the job, and where its files go on this machine.
 
-    `job.inputs` are the sequences the node's Write nodes render; `results` is the sequence
-    the node's Read node loads.
+    `job.inputs` are the sequences the node's Write nodes render, and for each `image` role in
+    `image_frames` (role -> frame) the one file its Write node renders at that frame; `results`
+    is the sequence the node's Read node loads.
     """
 
     job: JobSpec
@@ -69,6 +62,7 @@ class RenderPlan:
     transfer: str
     results: str
     keys: KeyFiles = NO_KEYS
+    image_frames: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +72,7 @@ class Submission:
     With `inline_inputs` (role -> local sequence) those frames travel in the message and the
     job names no path for them; with `deliver_to` the result pixels come back in the replies
     and are written to that local sequence, for a server that cannot write where we read.
+    Inline `image` roles (in `image_frames`) are one file, sent as one frame.
     """
 
     address: str
@@ -86,6 +81,7 @@ class Submission:
     deliver_to: str | None
     limits: Mapping[str, int]
     keys: KeyFiles = NO_KEYS
+    image_frames: Mapping[str, int] = field(default_factory=dict)
 
 
 def plan_render(values: Mapping[str, Any], info: ServerInfo, connected: Sequence[str],
@@ -94,25 +90,24 @@ def plan_render(values: Mapping[str, Any], info: ServerInfo, connected: Sequence
     """The job for the node's knob `values`, its connected input roles and frame range; the key
     files from its key knobs, else from `environ`."""
     op = info.op(str(values[knobs.OP]))
-    missing = [role for role in op.inputs if role not in connected]
-    if missing:
-        raise SetupError(f"{op.name} needs the {' and '.join(op.inputs)} inputs; connect {', '.join(missing)}")
-    roles = [r for r in ROLES if r in connected and (r in op.inputs or r in op.optional_inputs)]
+    _check_roles(op, connected)
+    roles = [r for r in op.role_schemas if r.name in connected]
     address = str(values[knobs.SERVER]).strip()
     if not address:
         raise SetupError("the server knob is empty: give the address of `cvgen serve`, e.g. tcp://127.0.0.1:5555")
     job = JobSpec(
         op=op.name,
         frames=frame_range,
-        inputs={role: paths.input_sequence(version_dir, role) for role in roles},
+        inputs={r.name: _input_path(version_dir, r) for r in roles},
         params=params_from_values(op, values),
         colorspace=str(values[knobs.COLORSPACE]),
         seed=int(values[knobs.SEED]),
         name=name,
         output=version_dir,
     )
+    image_frames = {r.name: _image_frame(values, r, frame_range[0]) for r in roles if r.kind == "image"}
     return RenderPlan(job, address, str(values[knobs.TRANSFER]), paths.result_sequence(version_dir, name),
-                      key_files(values, environ))
+                      key_files(values, environ), image_frames)
 
 
 def params_from_values(op: OpSchema, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +124,37 @@ def submission(plan: RenderPlan, hello: Mapping[str, Any]) -> Submission:
         return Submission(plan.address, plan.job, {}, None, limits, plan.keys)
     job = JobSpec(plan.job.op, plan.job.frames, {}, plan.job.params, plan.job.colorspace, plan.job.seed,
                   plan.job.name)
-    return Submission(plan.address, job, dict(plan.job.inputs), plan.results, limits, plan.keys)
+    return Submission(plan.address, job, dict(plan.job.inputs), plan.results, limits, plan.keys, plan.image_frames)
+
+
+def _check_roles(op: OpSchema, connected: Sequence[str]) -> None:
+    """Refuse an op with an input of a kind this plugin cannot send, or a required input not connected."""
+    for role in op.role_schemas:
+        if not role.known:
+            raise SetupError(f"{op.name}'s {role.label} input is of a kind this cvgen plugin does not know "
+                             f"({role.kind!r}): update the plugin to use {op.name}")
+    required = [r.label for r in op.role_schemas if r.required]
+    missing = [r.label for r in op.role_schemas if r.required and r.name not in connected]
+    if missing:
+        raise SetupError(f"{op.name} needs the {' and '.join(required)} inputs; connect {', '.join(missing)}")
+
+
+def _input_path(version_dir: str, role: RoleSchema) -> str:
+    if role.kind == "image":
+        return paths.input_image(version_dir, role.name)
+    return paths.input_sequence(version_dir, role.name)
+
+
+def _image_frame(values: Mapping[str, Any], role: RoleSchema, first: int) -> int:
+    """The frame an `image` role takes from its input: its frame knob, empty for `first`."""
+    text = str(values.get(knobs.image_frame_knob(role.name)) or "").strip()
+    if not text:
+        return first
+    try:
+        return int(text)
+    except ValueError:
+        raise SetupError(f"the {role.label} frame must be a frame number, or empty for the first frame of "
+                         f"the range, not {text!r}") from None
 
 
 def _checked(op: str, param: ParamSchema, value: Any) -> Any:

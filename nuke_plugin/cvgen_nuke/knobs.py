@@ -20,6 +20,7 @@ from cvgen.protocol.client import DEFAULT_ADDRESS
 from cvgen.protocol.farm import DEFAULT_CHUNK
 from cvgen.protocol.schema import ParamSchema
 
+from . import inputs
 from .frames import RANGE_MODES
 from .schema import ServerInfo
 
@@ -54,6 +55,8 @@ FARM_ENGINES = ("OpenJD", "OpenCue")
 OPS = "cvgen_ops"
 #: Hidden: "ADDRESS JOB_ID" of the node's last job, for the Cancel button.
 LAST_JOB = "cvgen_last_job"
+#: Hidden: the role each input of the node carries, as JSON (`inputs`).
+INPUT_ROLES = "cvgen_input_roles"
 
 #: How input frames reach the server: decided from the server's answer, or forced.
 TRANSFERS = ("auto", "paths", "inline")
@@ -99,6 +102,12 @@ def param_knob(op: str, param: ParamSchema) -> str:
     double underscore keeps these names apart from the fixed knobs' names.
     """
     return f"text__{param.name}" if param.type == "str" else f"{op}__{param.name}"
+
+
+def image_frame_knob(role: str) -> str:
+    """The knob holding the frame an `image` role takes from its input, shared by role name
+    across ops so the frame chosen for a reference stays when the op changes."""
+    return f"frame__{role}"
 
 
 def panel(info: ServerInfo, project: tuple[int, int] = (1001, 1100),
@@ -150,14 +159,19 @@ def fixed_knobs(info: ServerInfo, project: tuple[int, int], environ: Mapping[str
                  "no ops: start `cvgen serve` and press Refresh ops"),
         KnobSpec(OPS, "hidden", default=info.to_json()),
         KnobSpec(LAST_JOB, "hidden", default=""),
+        KnobSpec(INPUT_ROLES, "hidden", default=inputs.to_json(inputs.assign((), info))),
         KnobSpec("params_divider", "divider", "parameters"),
     ]
 
 
 def param_knobs(info: ServerInfo) -> list[KnobSpec]:
-    """One knob per op parameter (text parameters shared by name), in the server's order."""
+    """One knob per op parameter (text parameters shared by name), in the server's order, each
+    op's after the frame knobs of its `image` roles."""
     specs: dict[str, KnobSpec] = {}
     for op in info.ops:
+        for role in op.role_schemas:
+            if role.kind == "image" and image_frame_knob(role.name) not in specs:
+                specs[image_frame_knob(role.name)] = _image_frame_spec(role.label, role.name)
         for param in op.params:
             name = param_knob(op.name, param)
             if name not in specs:
@@ -186,10 +200,13 @@ def farm_knobs() -> list[KnobSpec]:
 
 
 def visibility(info: ServerInfo, op: str, frame_range: str, engine: str = FARM_ENGINES[0]) -> dict[str, bool]:
-    """Which knobs to show: the chosen op's parameters, first/last for a custom range, and the
-    OpenCue-only farm knobs for OpenCue."""
+    """Which knobs to show: the chosen op's parameters and the frames of its image inputs,
+    first/last for a custom range, and the OpenCue-only farm knobs for OpenCue."""
     chosen = next((o for o in info.ops if o.name == op), None)
-    wanted = {param_knob(op, p) for p in chosen.params} if chosen else set()
+    wanted: set[str] = set()
+    if chosen is not None:
+        wanted = {param_knob(op, p) for p in chosen.params}
+        wanted |= {image_frame_knob(r.name) for r in chosen.role_schemas if r.kind == "image"}
     shown = {spec.name: spec.name in wanted for spec in param_knobs(info)}
     shown[FIRST] = shown[LAST] = frame_range == "custom"
     shown[FARM_SHOW] = shown[FARM_SHOT] = shown[FARM_SPEC_ONLY] = engine == "OpenCue"
@@ -202,6 +219,13 @@ def _param_spec(name: str, param: ParamSchema) -> KnobSpec:
     limits = f" ({param.min:g} to {param.max:g})" if param.min is not None and param.max is not None else ""
     return KnobSpec(name, kind, param.name.replace("_", " "), param.default, param.help + limits,
                     param.min, param.max, param.choices)
+
+
+def _image_frame_spec(label: str, role: str) -> KnobSpec:
+    # Text, not a number: empty must mean "the first frame", whatever frame numbers a shot uses.
+    return KnobSpec(image_frame_knob(role), "str", f"{label} frame", "",
+                    f"the frame of the {label} input sent as its one image for the whole shot; "
+                    "empty: the first frame of the range")
 
 
 def _op_tooltip(info: ServerInfo) -> str:

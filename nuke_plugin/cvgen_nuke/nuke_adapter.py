@@ -17,7 +17,7 @@ import nuke
 
 from cvgen.protocol import CvgenError
 
-from . import farm, frames, jobbuild, knobs, paths, session
+from . import farm, frames, inputs, jobbuild, knobs, paths, session
 from .errors import RenderCancelled, RenderFailed, SetupError
 from .knobs import KnobSpec
 from .progress import CANCELLED, DONE, JobProgress
@@ -87,14 +87,16 @@ def create_node(address: str = "") -> nuke.Group:
 
 
 def _build_graph(node: nuke.Group) -> None:
-    """Inputs plate, fg, matte, depth, each into a (disabled) Write node; a Read into the output."""
+    """`inputs.MAX_INPUTS` inputs, each into a (disabled) Write node; a Read into the output.
+
+    `_apply_visibility` names the Input nodes after the roles of the selected op.
+    """
     with node:
-        for role in jobbuild.ROLES:
-            write = nuke.nodes.Write(name=f"write_{role}", inputs=[nuke.nodes.Input(name=role)])
+        for index in range(inputs.MAX_INPUTS):
+            write = nuke.nodes.Write(name=f"write_{index}", inputs=[nuke.nodes.Input(name=f"input{index + 1}")])
             write["file_type"].setValue("exr")
             write["datatype"].setValue(_EXR_DATATYPE)
             write["compression"].setValue(_EXR_COMPRESSION)
-            write["channels"].setValue(jobbuild.INPUT_CHANNELS[role])
             write["raw"].setValue(True)
             write["disable"].setValue(True)  # only rendered by Render, never by a script-wide render
         read = nuke.nodes.Read(name=RESULT_READ)
@@ -184,12 +186,12 @@ def render(node: nuke.Node) -> JobProgress:
     try:
         info = ServerInfo.from_json(node[knobs.OPS].value())
         values = _values(node, info)
-        plan = jobbuild.plan_render(values, info, _connected(node), _frame_range(node, values),
+        plan = jobbuild.plan_render(values, info, _connected(node, info, values), _frame_range(node, values),
                                     paths.next_version(_output_folder(node, values)), node.name())
         _status(node, "asking the server")
         submission = jobbuild.submission(plan, _wait_for_server(plan.address, plan.keys))
         _status(node, "rendering the inputs")
-        _write_inputs(node, plan)
+        _write_inputs(node, plan, info)
         _load_results(node, plan)
         progress = _follow(node, plan, submission)
     except CvgenError as exc:
@@ -242,10 +244,10 @@ def _prepare_farm(node: nuke.Group) -> tuple[jobbuild.RenderPlan, farm.FarmSetti
         info = ServerInfo.from_json(node[knobs.OPS].value())
         values = _values(node, info)
         settings = farm.settings(values)
-        plan = jobbuild.plan_render(values, info, _connected(node), _frame_range(node, values),
+        plan = jobbuild.plan_render(values, info, _connected(node, info, values), _frame_range(node, values),
                                     paths.next_version(_output_folder(node, values)), node.name())
         _status(node, "rendering the inputs for the farm")
-        _write_inputs(node, plan)
+        _write_inputs(node, plan, info)
         _load_results(node, plan)
     except CvgenError as exc:
         _status(node, f"farm submission failed: {exc}")
@@ -302,6 +304,7 @@ def refresh(node: nuke.Node) -> None:
             _set(knob, spec, current if current in spec.choices else spec.default)
             knob.setTooltip(spec.tooltip)
     node[knobs.OPS].setValue(info.to_json())
+    _store_input_roles(node, _input_roles(node, info))
     _apply_visibility(node)
     _status(node, f"{len(info.ops)} ops from {node[knobs.SERVER].value()}")
 
@@ -323,8 +326,25 @@ def _key_files(node: nuke.Node) -> jobbuild.KeyFiles:
     return jobbuild.key_files(_values(node, ServerInfo.from_json(node[knobs.OPS].value())), os.environ)
 
 
-def _connected(node: nuke.Node) -> list[str]:
-    return [role for i, role in enumerate(jobbuild.ROLES) if node.input(i) is not None]
+def _connected(node: nuke.Node, info: ServerInfo, values: dict[str, Any]) -> list[str]:
+    """The roles of the selected op whose inputs are connected."""
+    connected = [node.input(i) is not None for i in range(node.maxInputs())]
+    return inputs.connected_roles(info.op(str(values[knobs.OP])), _input_roles(node, info), connected)
+
+
+def _input_roles(node: nuke.Node, info: ServerInfo) -> tuple[str, ...]:
+    """The role of each input: those the node stored, then the roles of `info` new to it."""
+    knob = node.knob(knobs.INPUT_ROLES)
+    return inputs.assign(inputs.from_json(knob.value() if knob is not None else ""), info)
+
+
+def _store_input_roles(node: nuke.Node, roles: tuple[str, ...]) -> None:
+    """Keep the roles' inputs for the next refresh (a node made before roles were stored gets the knob)."""
+    knob = node.knob(knobs.INPUT_ROLES)
+    if knob is None:
+        knob = _make_knob(KnobSpec(knobs.INPUT_ROLES, "hidden"))
+        node.addKnob(knob)
+    knob.setValue(inputs.to_json(roles))
 
 
 def _frame_range(node: nuke.Node, values: dict[str, Any]) -> tuple[int, int]:
@@ -341,20 +361,27 @@ def _output_folder(node: nuke.Node, values: dict[str, Any]) -> str:
     return paths.output_folder(str(values[knobs.OUTPUT]), nuke.root()["name"].value(), node.name())
 
 
-def _write_inputs(node: nuke.Group, plan: jobbuild.RenderPlan) -> None:
-    """Render each input the job uses through its Write node (EXR, half, zip) for the frame range."""
+def _write_inputs(node: nuke.Group, plan: jobbuild.RenderPlan, info: ServerInfo) -> None:
+    """Render each input the job uses through its Write node (EXR, half, zip, the channels the op
+    reads) for the frame range; an `image` role as its one file, at its chosen frame."""
     paths.make_folders(plan.job.inputs.values())
-    first, last = plan.job.frames
-    for role, sequence in plan.job.inputs.items():
-        write = _inner(node, f"write_{role}")
-        write["file"].setValue(sequence)
+    op = info.op(plan.job.op)
+    roles = _input_roles(node, info)
+    for role, path in plan.job.inputs.items():
+        index = roles.index(role)
+        # Nodes made before roles were stored name their Write nodes by role.
+        write = node.node(f"write_{index}") or _inner(node, f"write_{role}")
+        write["file"].setValue(path)
+        write["channels"].setValue(inputs.write_channels(op, role))
+        first, last = (plan.image_frames[role],) * 2 if role in plan.image_frames else plan.job.frames
+        label = inputs.label_of(role, (op,))
         write["disable"].setValue(False)
         try:
             nuke.execute(write, first, last)
         except RuntimeError as exc:
             if "cancel" in str(exc).lower():
-                raise RenderCancelled(f"cancelled while rendering the {role} input") from None
-            raise SetupError(f"the {role} input could not be rendered: {exc}") from None
+                raise RenderCancelled(f"cancelled while rendering the {label} input") from None
+            raise SetupError(f"the {label} input could not be rendered: {exc}") from None
         finally:
             write["disable"].setValue(True)
 
@@ -429,6 +456,19 @@ def _apply_visibility(node: nuke.Node) -> None:
         knob = node.knob(name)
         if knob is not None:
             knob.setVisible(visible)
+    if isinstance(node, nuke.Group):
+        _label_inputs(node, info)
+
+
+def _label_inputs(node: nuke.Group, info: ServerInfo) -> None:
+    """Name the Input nodes, whose names Nuke shows on the node's input arrows, after the roles."""
+    by_number = {int(n["number"].value()): n for n in node.nodes() if n.Class() == "Input"}
+    names = inputs.node_names(_input_roles(node, info), info, str(node[knobs.OP].value()), len(by_number))
+    renamed = {i: names[i] for i in by_number if i < len(names) and by_number[i].name() != names[i]}
+    for index in renamed:  # through unique names first: two inputs may swap names
+        by_number[index].setName(f"cvgen_input_{index}")
+    for index, name in renamed.items():
+        by_number[index].setName(name)
 
 
 def _cvgen_node(node: nuke.Node) -> nuke.Group:

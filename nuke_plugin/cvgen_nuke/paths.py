@@ -55,6 +55,11 @@ def input_sequence(version_dir: str, role: str) -> str:
     return _join(version_dir, "inputs", f"{role}.####.exr")
 
 
+def input_image(version_dir: str, role: str) -> str:
+    """Where the node's Write node renders the one frame of an `image` role: one file, no frame number."""
+    return _join(version_dir, "inputs", f"{role}.exr")
+
+
 def result_sequence(version_dir: str, name: str) -> str:
     """Where the result frames land: the server names them `NAME.####.exr` in the job's output."""
     return _join(version_dir, f"{name}.####.exr")

@@ -152,7 +152,7 @@ class RenderSession:
 
     def _stream(self) -> None:
         sub = self.submission
-        inline = transfer.load_inline(sub.inline_inputs, sub.job.frame_numbers)
+        inline = transfer.load_inline(sub.inline_inputs, sub.job.frame_numbers, sub.image_frames)
         with connect(sub.address, self.timeout, sub.keys) as client:
             # First `hello` on this very client: it learns the server's limits and checks the job
             # against them before sending, and a refused handshake is reported as such.

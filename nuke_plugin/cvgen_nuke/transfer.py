@@ -29,6 +29,9 @@ def choose(setting: str, address: str, jobs_dir: str, is_dir: Callable[[str], bo
     return "paths" if shared else "inline"
 
 
-def load_inline(sequences: Mapping[str, str], frames: range) -> dict[str, dict[int, Image]]:
-    """The frames of each role's sequence, read for sending (role -> frame -> Image)."""
-    return {role: {f: exr.read(frame_path(seq, f)) for f in frames} for role, seq in sequences.items()}
+def load_inline(sequences: Mapping[str, str], frames: range,
+                image_frames: Mapping[str, int] = {}) -> dict[str, dict[int, Image]]:
+    """The frames of each role's sequence, read for sending (role -> frame -> Image); an `image`
+    role (role -> the frame it was taken at, in `image_frames`) is its one file, as one frame."""
+    return {role: {image_frames[role]: exr.read(path)} if role in image_frames else
+            {f: exr.read(frame_path(path, f)) for f in frames} for role, path in sequences.items()}

@@ -7,9 +7,9 @@ For a server started with `cvgen serve --keys KEYS`, set $CVGEN_SERVER_KEY and $
 (KEYS/server.key and KEYS/clients/NAME.key_secret) first: the node takes its key files from them.
 
 It builds a tiny script (a checkerboard plate written to EXR and read back with a Read node, a
-tinted disc as the premultiplied foreground), creates a cvgen node through the plugin, renders
-colormatch by paths and then inline, and checks what the node's output shows: the plate outside
-the matte, a changed foreground inside, every frame on disk. Then it presses Submit to farm
+tinted disc as the premultiplied foreground), creates a cvgen node through the plugin, checks
+its inputs' labels, renders colormatch by paths and then inline, and checks what the node's
+output shows: the plate outside the matte, a changed foreground inside, every frame on disk. Then it presses Submit to farm
 with the OpenJD engine (the `cvgen` on PATH, or $CVGEN_EXECUTABLE) and checks the bundle.
 The plain modules under it are tested without Nuke by the repository's tests/test_nuke_*.py;
 this covers the Nuke calls.
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     node.setInput(1, fg)
     node["op"].setValue("colormatch")
     node["output"].setValue(os.path.join(work, "comp"))
-    failures = []
+    failures = check_input_labels(node)
     for transfer in TRANSFERS:
         node["transfer"].setValue(transfer)
         try:
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     failures += check_farm(node)
     for line in failures:
         print(f"FAILED: {line}", file=sys.stderr)
-    checks = CHECKS_PER_RENDER * len(TRANSFERS) + 1
+    checks = CHECKS_PER_RENDER * len(TRANSFERS) + 2
     print(f"cvgen Nuke check: {checks - len(failures)} passed, {len(failures)} failed")
     return 1 if failures else 0
 
@@ -87,6 +87,13 @@ def build_inputs(nuke, work: str):
     fg = nuke.nodes.Multiply(inputs=[disc], channels="rgb")
     fg["value"].setValue([3.0, 1.5, 0.4, 1.0])
     return plate, fg
+
+
+def check_input_labels(node) -> list[str]:
+    """The node's input arrows carry colormatch's labels for the server's roles (1 check)."""
+    names = {int(n["number"].value()): n.name() for n in node.nodes() if n.Class() == "Input"}
+    labels = [names[i] for i in sorted(names)][:3]
+    return [] if labels == ["Plate", "Foreground", "Matte"] else [f"the node's first inputs are named {labels}"]
 
 
 def check(nuke, node, plate, fg, progress, transfer: str) -> list[str]:
