@@ -86,6 +86,11 @@ class Server:
         if paths is None:
             paths = PathPolicy() if is_loopback(bind) else PathPolicy((), ())
         self.devices = devices or available_devices()
+        twice = sorted({d for d in self.devices if self.devices.count(d) > 1})
+        if twice:
+            # One worker per device: two workers on one device would share its loaded models, and an
+            # adapter (LoRA, IP-Adapter) or attention processor one job installs would reach the other.
+            raise ProtocolError(f"--device {twice[0]} is given more than once: each device runs one worker")
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 500)

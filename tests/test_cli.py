@@ -95,6 +95,12 @@ def test_models_check_runs_every_builtin_kind(kind, capsys):
     assert out.startswith(f"{name} (") and "loaded on cpu as float32" in out and len(out.splitlines()) == 2
 
 
+def test_a_device_given_twice_is_refused(tmp_path):
+    result = cvgen("serve", "--device", "cpu", "--device", "cpu", "--jobs-dir", str(tmp_path / "jobs"))
+    assert result.returncode == 1 and "--device cpu is given more than once" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_model_memory_must_be_a_size():
     result = cvgen("serve", "--model-memory", "lots")
     assert result.returncode == 2 and "'lots' is not a memory size" in result.stderr
