@@ -15,10 +15,12 @@ from cvgen.server.io.exr import write_exr
 
 
 class ServerProcess:
-    """A `cvgen serve` subprocess on a free loopback port; `args` are more `cvgen serve` options."""
+    """A `cvgen serve` subprocess on a free loopback port; `args` are more `cvgen serve` options.
+    `extra_op` serves the test op `still` too (tests/extra_op_server.py), an op no host knows."""
 
-    def __init__(self, jobs_dir: Path, *args: str, bind: str = "tcp://127.0.0.1:*") -> None:
+    def __init__(self, jobs_dir: Path, *args: str, bind: str = "tcp://127.0.0.1:*", extra_op: bool = False) -> None:
         self.jobs_dir = jobs_dir
+        self.extra_op = extra_op
         self.args = args
         self.bind = bind
         self.proc: subprocess.Popen[str] | None = None
@@ -28,7 +30,7 @@ class ServerProcess:
         """Start and wait for the "listening on" line; `wrapper` is a command the server runs
         under (it gets the serve command as its arguments), `preexec_fn` runs in the child first."""
         self.proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", self.bind,
+            [*wrapper, sys.executable, *self.launcher, "serve", "--bind", self.bind,
              "--jobs-dir", str(self.jobs_dir), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
         )
@@ -37,6 +39,11 @@ class ServerProcess:
         assert "listening on" in line, f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
         self.endpoint = line.split("listening on ", 1)[1].split()[0].replace("0.0.0.0", "127.0.0.1")
         return self
+
+    @property
+    def launcher(self) -> list[str]:
+        """What the Python runs: cvgen's command, or the launcher that adds the test op."""
+        return [str(Path(__file__).with_name("extra_op_server.py"))] if self.extra_op else ["-m", "cvgen.server.cli"]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None

@@ -529,3 +529,38 @@ def test_a_job_a_restarted_server_resumed_is_attached_to_and_gets_its_strip(
     folder = tmp_path / "project" / "cvgen" / "sh010" / job
     assert result["strip"]["files"] == [str(folder / f"sh010.{f}.exr") for f in range(frames[0], frames[1] + 1)]
     assert all(read_exr(f).attributes["cvgen:op"] == "harmonize" for f in result["strip"]["files"])
+
+
+def test_an_op_the_addon_has_never_seen_gets_its_roles_and_ranges_from_hello(
+    blender_python: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """Issue 14 item 3: the panel, the job and the checks follow the server's schema of `still`."""
+    srv = ServerProcess(tmp_path / "jobs", extra_op=True).start()
+    try:
+        result = run_scenario(tmp_path, "schema_roles", {**make_shot_args(tmp_path, srv.endpoint), "op": "still"})
+    finally:
+        srv.stop(signal.SIGKILL)
+
+    drawn = {call[2].get("text") for call in result["panel"]}
+    assert {"Plate", "Reference", "Guide (optional)"} <= drawn, result["panel"]
+    assert ["prop", ["source"], {"expand": True}] in result["panel"], "an image role offers a strip frame or a file"
+    assert ["prop", ["filepath"], {"text": ""}] not in result["panel"], "the strip is the default source"
+    assert any(c[0] == "prop" and c[2].get("slider") and c[2].get("text") == "Count" for c in result["panel"])
+    assert result["count_range"] == [1, 8] and result["ref_frame"] == FRAMES[0]
+
+    footage, shot = tmp_path / "footage", tmp_path / "project" / "cvgen" / "sh010"
+    first, second = result["from_strip"], result["from_file"]
+    assert first["result"] == second["result"] == "FINISHED", result
+    spec = json.loads((tmp_path / "jobs" / first["job"] / "spec.json").read_text())
+    assert spec["inputs"] == {"plate": str(footage / "plate.####.exr"), "ref": str(footage / f"fg.{FRAMES[0] + 1:04d}.exr"),
+                              "guide": str(footage / "fg.####.exr")}
+    ref = Path(json.loads((tmp_path / "jobs" / second["job"] / "spec.json").read_text())["inputs"]["ref"])
+    assert ref.is_file() and ref.suffix == ".exr" and ref.parent.parent == shot / "inputs", ref
+    srgb = np.array([64, 128, 191]) / 255  # what the PNG holds
+    assert np.allclose(read_exr(ref).pixels[0, 0, :3], ((srgb + 0.055) / 1.055) ** 2.4, atol=0.01), "the PNG, linear"
+    assert_result_strip(second["strip"], second["job"], tmp_path / "project", 3)
+    assert read_exr(Path(second["strip"]["files"][0])).pixels[0, 0, 0] == 2, "count's default was sent"
+
+    assert result["out_of_range"]["result"] == "error"
+    assert result["out_of_range"]["error"] == "Error: Count must be between 1 and 8; it is 99\n"
+    assert len(list((tmp_path / "jobs").iterdir())) == 2, "the refused job never reached the server"

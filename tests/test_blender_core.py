@@ -220,9 +220,10 @@ def test_a_missing_required_input_stops_before_submitting(server: ServerProcess,
 
 def test_server_errors_reach_the_artist_as_a_sentence(server: ServerProcess, tmp_path: Path) -> None:
     shot = make_shot(tmp_path / "shot", range(1001, 1004))
-    worker = jobs.JobWorker(request(server, shot, tmp_path, params={"strength": 7.0})).start()
+    missing = str(tmp_path / "nowhere" / "fg.####.exr")  # the add-on checks parameters itself; inputs are the server's
+    worker = jobs.JobWorker(request(server, {**shot, "fg": missing}, tmp_path)).start()
     finished = wait_finished(worker)
-    assert finished.error == "cvgen server: colormatch strength must be between 0 and 1; it is 7 (bad_request)"
+    assert finished.error.startswith("cvgen server: ") and "nowhere" in finished.error, finished.error
     assert not finished.cancelled
 
 
@@ -422,3 +423,18 @@ def test_an_op_summary_is_wrapped_to_the_sidebar_not_cut_off(server: ServerProce
         lines = text.sidebar_lines(summary, width, scale)
         assert len(lines) > 1 and " ".join(lines) == summary
         assert all(len(line) * text.CHAR_PX * scale <= width - text.MARGIN_PX * scale for line in lines)
+
+
+def test_an_image_role_is_named_as_an_image_and_a_range_is_checked_before_sending(tmp_path: Path) -> None:
+    """The test op `still` of tests/extra_op_server.py: its image role and its int range, from `hello`."""
+    srv = ServerProcess(tmp_path / "jobs", extra_op=True).start()
+    try:
+        shot = make_shot(tmp_path / "shot", range(1001, 1004))
+        with pytest.raises(SetupError, match="^still needs a Reference image$"):
+            jobs.run_job(request(srv, {"plate": shot["plate"]}, tmp_path, op="still", params={}), lambda e: None)
+        with pytest.raises(SetupError, match="^Count must be between 1 and 8; it is 0$"):
+            jobs.check_job(request(srv, {"plate": shot["plate"], "ref": shot["fg"].replace("####", "1001")},
+                                   tmp_path, op="still", params={"count": 0}))
+    finally:
+        srv.stop()
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir()), "nothing was sent"

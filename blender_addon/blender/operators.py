@@ -45,12 +45,13 @@ from ..core.jobs import (
 )
 from ..core.local_server import LOCAL
 from ..core.params import ops_from_hello
-from ..core.protocol import client, protocol
+from ..core.protocol import client, protocol, schema
 from ..core.shots import converted_input, job_dir, make_dir, new_job_id, os_problem, pass_template, shot_name
 from ..core.strips import (
     StripInfo,
     check_convertible,
     frame_range,
+    image_file,
     path_template,
     result_channel,
     result_files,
@@ -58,10 +59,21 @@ from ..core.strips import (
 )
 from . import farm_task, passes, strips
 from .prefs import local_server_folder, preferences, server_settings
-from .props import STRIP_ROLES, op_schemas, sync_params
+from .props import op_schemas, sync_inputs, sync_params
 
 #: Seconds between polls of a running job: often enough for a live progress bar.
 POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """An input the server cannot read as it is, to render to EXR at `template` over `frames`: strip
+    `strip`, or (for an image role) the image file `file`."""
+
+    template: str
+    frames: range
+    strip: str = ""
+    file: str = ""
 
 
 @dataclass
@@ -70,7 +82,7 @@ class Plan:
 
     request: RenderRequest
     inputs: list[StripInfo]
-    conversions: list[tuple[str, str]] = field(default_factory=list)
+    conversions: list[Conversion] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -104,24 +116,33 @@ def plan_render(context: Context, to_server: bool = True) -> Plan:
     job_id = new_job_id(shot)
     folder = job_dir(bpy.data.filepath, shot, job_id)
     make_dir(folder.parent)
-    schema = op_schemas(context.window_manager).get(settings.op)
+    op = op_schemas(context.window_manager).get(settings.op)
+    roles = op.role_schemas if op is not None else schema.sequence_roles(tuple(i.name for i in settings.inputs), ())
     inputs: dict[str, str] = {}
     used: list[StripInfo] = []
-    conversions: list[tuple[str, str]] = []
+    conversions: list[Conversion] = []
     notices: list[str] = []
-    for role, label, _ in STRIP_ROLES:
-        name = getattr(settings, role)
-        if not name or (schema is not None and role not in schema.roles):
+    for role in roles:
+        choice = settings.inputs.get(role.name)
+        if choice is None or not choice.chosen(role.kind):
             continue
-        strip = strips.info(strips.find(scene, name), frames)
-        template, why = path_template(strip, frames)
-        if template is None:
+        if not role.known:
+            raise SetupError(f"{settings.op}'s {role.label} input is a {role.kind}, which this cvgen add-on "
+                             "does not know: update the add-on")
+        if role.kind == "image" and choice.source == "FILE":
+            inputs[role.name] = image_from_file(scene, shot, role.label, choice.filepath, frames, conversions, notices)
+            continue
+        taken = frames if role.kind == "sequence" else range(choice.frame, choice.frame + 1)
+        strip = strips.info(strips.find(scene, choice.strip), taken)
+        path, why = path_template(strip, frames) if role.kind == "sequence" else image_file(strip, choice.frame)
+        if path is None:
             check_convertible(strip.name, why, settings.colorspace)
-            key = strips.conversion_key(scene, strip.name, frames) or f"{job_id}-{role}"
+            key = strips.conversion_key(scene, strip.name, taken) or f"{job_id}-{role.name}"
             template = converted_input(bpy.data.filepath, shot, key)
-            conversions.append((strip.name, template))
-            notices.append(f"{label} strip {strip.name!r} was rendered to EXR for the server: {why}")
-        inputs[role] = template
+            conversions.append(Conversion(template, taken, strip=strip.name))
+            notices.append(f"{role.label} strip {strip.name!r} was rendered to EXR for the server: {why}")
+            path = template if role.kind == "sequence" else protocol.frame_path(template, choice.frame)
+        inputs[role.name] = path
         used.append(strip)
     request = RenderRequest(server, bpy.app.online_access, settings.op, (frames.start, frames.stop - 1), inputs,
                             {p.name: p.value for p in settings.params}, shot, str(folder), job_id,
@@ -129,10 +150,27 @@ def plan_render(context: Context, to_server: bool = True) -> Plan:
     return Plan(request, used, conversions, notices)
 
 
+def image_from_file(scene: bpy.types.Scene, shot: str, label: str, path: str, frames: range,
+                    conversions: list[Conversion], notices: list[str]) -> str:
+    """The path to send for an image role read from file `path`: the file itself if it is an EXR (the
+    server reads those), else the EXR it is rendered to first (added to `conversions`)."""
+    path = os.path.normpath(bpy.path.abspath(path))
+    if not os.path.isfile(path):
+        raise SetupError(f"the {label} image {path} does not exist")
+    if path.lower().endswith(".exr"):
+        return path
+    check_convertible(os.path.basename(path), "it is not an EXR", scene.cvgen.colorspace)
+    template = converted_input(bpy.data.filepath, shot, strips.file_key(scene, path))
+    taken = range(frames.start, frames.start + 1)
+    conversions.append(Conversion(template, taken, file=path))
+    notices.append(f"{label} image {os.path.basename(path)} was converted to EXR for the server")
+    return protocol.frame_path(template, taken.start)
+
+
 def convert_inputs(scene: bpy.types.Scene, plan: Plan) -> None:
-    """Render the plan's strips the server cannot read, reusing conversions of unchanged strips."""
-    for name, template in plan.conversions:
-        strips.convert(scene, name, plan.frames, template)
+    """Render the plan's inputs the server cannot read, reusing conversions of unchanged ones."""
+    for conversion in plan.conversions:
+        strips.convert(scene, conversion.strip, conversion.frames, conversion.template, conversion.file)
 
 
 def failure(exc: Exception) -> str:
@@ -224,6 +262,7 @@ class CVGEN_OT_connect(Operator):
         session.message = f"cvgen {reply.get('server_version', '?')} on {devices}"
         if settings.op in ops:
             sync_params(settings, ops[settings.op])
+            sync_inputs(settings, ops[settings.op])
         elif not settings.op and ops:
             settings.op = next(iter(ops))  # its update callback builds the parameters
         elif settings.op:
@@ -445,7 +484,7 @@ class CVGEN_OT_render_passes(Operator):
         set as the shot's inputs in place of the previous passes' strips."""
         settings = scene.cvgen
         for role, _ in passes.PASSES:
-            strips.remove_marked(scene, getattr(settings, role), strips.PASS_MARK)
+            strips.remove_marked(scene, settings.input(role).strip, strips.PASS_MARK)
         below: list[StripInfo] = []
         for role, _ in passes.PASSES:
             template = templates[role]
@@ -455,10 +494,10 @@ class CVGEN_OT_render_passes(Operator):
                                         os.path.dirname(template), files, frames.start, channel,
                                         (strips.PASS_MARK, role))
             strip.mute = role != "plate"
-            setattr(settings, role, strip.name)
+            settings.input(role).strip = strip.name
             below = [strips.info(strip, range(0))]
-        if not settings.fg:
-            settings.fg = settings.plate
+        if not settings.input("fg").strip:
+            settings.input("fg").strip = settings.input("plate").strip
             self.report({"INFO"}, "cvgen: the rendered picture is the foreground too; the matte picks the objects")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bpy.types import Context, Panel, UILayout
 
 from ..core.text import sidebar_lines
-from .props import STRIP_ROLES, CvgenParam, op_schemas
+from ..core.params import param_label
+from .props import CvgenParam, op_schemas
 
 _LIGHTS = {"UNKNOWN": "RADIOBUT_OFF", "CONNECTING": "SORTTIME", "CONNECTED": "CHECKMARK", "FAILED": "ERROR"}
 
@@ -35,17 +38,8 @@ class SEQUENCER_PT_cvgen(Panel):
 
         col = layout.column(align=True)
         col.prop(settings, "frame_source", expand=True)
-        editor = context.scene.sequence_editor
-        for role, label, _ in STRIP_ROLES:
-            row = layout.row()
-            row.active = schema is None or role in schema.roles
-            if editor is None:
-                row.prop(settings, role, text=label)
-            else:
-                row.prop_search(settings, role, editor, "strips" if hasattr(editor, "strips") else "sequences",
-                                text=label, icon="SEQUENCE")
-        if not settings.matte:
-            layout.label(text="Matte: the foreground's alpha", icon="INFO")
+        for role in schema.role_schemas if schema is not None else ():
+            _draw_role(layout, context, role)
         row = layout.row(align=True)
         row.prop(settings, "shot")
         row.prop(settings, "seed")
@@ -81,9 +75,49 @@ class SEQUENCER_PT_cvgen(Panel):
 
 def _draw_param(layout: UILayout, param: CvgenParam) -> None:
     row = layout.row(align=True)
-    row.prop(param, param.field, text=param.name.replace("_", " ").capitalize())
-    if param.help:
-        row.operator("cvgen.param_help", text="", icon="QUESTION").text = param.help
+    row.prop(param, param.field, text=param_label(param.name), slider=param.slider)
+    _help(row, param.help)
+
+
+def role_text(role: Any) -> str:
+    """A role's label as the panel shows it: optional inputs are marked, required ones are not."""
+    return role.label if role.required else f"{role.label} (optional)"
+
+
+def _draw_role(layout: UILayout, context: Context, role: Any) -> None:
+    """One input: a strip for a sequence role; a strip and its frame, or an image file, for an image role."""
+    choice = context.scene.cvgen.inputs.get(role.name)
+    if choice is None or not role.known:  # Connect makes the choices; a newer kind needs a newer add-on
+        layout.label(text=f"{role_text(role)}: " + ("press Connect" if role.known else "update the cvgen add-on"),
+                     icon="ERROR")
+        return
+    editor = context.scene.sequence_editor
+    column = layout.column(align=True)
+    row = column.row(align=True)
+    if role.kind == "image":
+        row.label(text=role_text(role))
+        row.prop(choice, "source", expand=True)
+        _help(row, role.help)
+        row = column.row(align=True)
+        if choice.source == "FILE":
+            row.prop(choice, "filepath", text="")
+            return
+    text = "" if role.kind == "image" else role_text(role)
+    if editor is None:
+        row.prop(choice, "strip", text=text)
+    else:
+        row.prop_search(choice, "strip", editor, "strips" if hasattr(editor, "strips") else "sequences", text=text,
+                        icon="SEQUENCE")
+    if role.kind == "image":
+        row.prop(choice, "frame")
+    else:
+        _help(row, role.help)
+
+
+def _help(row: UILayout, text: str) -> None:
+    """A help button whose tooltip is `text` (Blender takes no tooltip for a single field drawn with `prop`)."""
+    if text:
+        row.operator("cvgen.param_help", text="", icon="QUESTION").text = text
 
 
 classes = (SEQUENCER_PT_cvgen,)

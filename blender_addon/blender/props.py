@@ -34,8 +34,43 @@ def _choice_items(item: CvgenParam, _context: Context | None) -> list[tuple[str,
     return _CHOICE_ITEMS.setdefault(item.choices, [(c, c, "") for c in item.choices.split("\n") if c])
 
 
+def _ranged_get(field: str) -> Any:
+    return lambda item: getattr(item, field)
+
+
+def _ranged_set(field: str) -> Any:
+    def store(item: CvgenParam, value: Any) -> None:
+        setattr(item, field, value)
+    return store
+
+
+def ranged_field(kind: str, low: float | None, high: float | None) -> str:
+    """The field that edits a number of `kind` within the schema's `low`-`high` (either may be None).
+
+    Blender takes a property's limits only where it is defined, so each range gets a property of its
+    own, added to `CvgenParam` when first needed: a view of the kind's value field (its `get` and `set`
+    read and write `value_<kind>`, so nothing more is saved), with the range as hard limits and, when
+    both ends are given, as the slider's. A script setting `value_<kind>` directly is not clamped: the
+    job's check refuses what is out of range. The name encodes the range, so it is the same in every session.
+    """
+    field = f"value_{kind}"
+    if kind not in ("int", "float") or (low is None and high is None):
+        return field
+    name = f"{field}_{_tag(low)}_{_tag(high)}"
+    if name not in CvgenParam.bl_rna.properties:
+        make, cast = (IntProperty, int) if kind == "int" else (FloatProperty, float)
+        limits = {k: cast(v) for k, v in (("min", low), ("soft_min", low), ("max", high), ("soft_max", high))
+                  if v is not None}
+        setattr(CvgenParam, name, make(get=_ranged_get(field), set=_ranged_set(field), **limits))
+    return name
+
+
+def _tag(limit: float | None) -> str:
+    return "x" if limit is None else f"{limit:g}".replace("-", "m").replace(".", "p").replace("+", "")
+
+
 class CvgenParam(PropertyGroup):
-    """One op parameter; only the value field of its kind is used."""
+    """One op parameter; only the value field of its kind (or its range's view of it) is used."""
 
     kind: StringProperty()  # type: ignore[valid-type]
     help: StringProperty()  # type: ignore[valid-type]
@@ -45,19 +80,24 @@ class CvgenParam(PropertyGroup):
     value_bool: BoolProperty()  # type: ignore[valid-type]
     value_str: StringProperty()  # type: ignore[valid-type]
     value_choice: EnumProperty(items=_choice_items)  # type: ignore[valid-type]
+    ranged: StringProperty(description="the field with the schema's range (`ranged_field`); empty: none")  # type: ignore[valid-type]
+    slider: BoolProperty(description="the range has both ends, so the field is a slider")  # type: ignore[valid-type]
 
     @property
     def field(self) -> str:
-        return f"value_{self.kind}"
+        """The field the panel shows: the range's, once this session has defined it (Connect does)."""
+        return self.ranged if self.ranged in self.bl_rna.properties else f"value_{self.kind}"
 
     @property
     def value(self) -> Any:
-        return getattr(self, self.field)
+        return getattr(self, f"value_{self.kind}")
 
     def set(self, param: ParamValue) -> None:
         self.name, self.kind, self.help = param.name, param.kind, param.help
         self.choices = "\n".join(param.choices)
-        setattr(self, self.field, param.value)
+        self.ranged = ranged_field(param.kind, param.min, param.max)
+        self.slider = self.ranged != f"value_{param.kind}" and None not in (param.min, param.max)
+        setattr(self, f"value_{self.kind}", param.value)
 
 
 class CvgenOp(PropertyGroup):
@@ -85,18 +125,37 @@ def sync_params(settings: CvgenSceneSettings, schema: Any) -> None:
     settings.params_op = schema.name
 
 
+def sync_inputs(settings: CvgenSceneSettings, schema: Any) -> None:
+    """Make an input choice for each role of `schema` that has none yet (an image role's frame: the
+    scene's first). Choices are never removed, so switching to another op and back keeps them."""
+    for role in schema.role_schemas:
+        settings.input(role.name)
+
+
 def _op_changed(settings: CvgenSceneSettings, context: Context) -> None:
     schema = op_schemas(context.window_manager).get(settings.op)
     if schema is not None:
         sync_params(settings, schema)
+        sync_inputs(settings, schema)
 
 
-STRIP_ROLES = (
-    ("plate", "Plate", "the background footage"),
-    ("fg", "Foreground", "the element composited over the plate (RGBA, premultiplied)"),
-    ("matte", "Matte", "where the foreground is; empty: the foreground's alpha"),
-    ("depth", "Depth", "depth of the plate, for ops that use it"),
-)
+class CvgenInput(PropertyGroup):
+    """The artist's choice for one input role (the item's name), shared by every op with a role of that
+    name: a role's name means the same footage for each op (the plate is the plate), so the artist picks
+    it once and switching op keeps it. Labels and help come from the selected op's schema."""
+
+    strip: StringProperty(name="Strip", description="the strip this input reads")  # type: ignore[valid-type]
+    source: EnumProperty(  # type: ignore[valid-type]
+        name="Source",
+        items=(("STRIP", "Strip Frame", "one frame of a strip"), ("FILE", "Image File", "an image file")),
+        description="where an image input (one picture for the whole shot) comes from",
+    )
+    frame: IntProperty(name="Frame", description="the frame of the strip an image input takes")  # type: ignore[valid-type]
+    filepath: StringProperty(name="File", subtype="FILE_PATH", description="the image file an image input reads")  # type: ignore[valid-type]
+
+    def chosen(self, kind: str) -> bool:
+        """Whether the artist gave this input (for an `image` role, from its source)."""
+        return bool(self.filepath if kind == "image" and self.source == "FILE" else self.strip)
 
 
 class CvgenSceneSettings(PropertyGroup):
@@ -111,10 +170,7 @@ class CvgenSceneSettings(PropertyGroup):
         items=(("SCENE", "Scene", "the scene's frame range"),
                ("STRIP", "Active Strip", "the frames of the active strip")),
     )
-    plate: StringProperty(name="Plate", description=STRIP_ROLES[0][2])  # type: ignore[valid-type]
-    fg: StringProperty(name="Foreground", description=STRIP_ROLES[1][2])  # type: ignore[valid-type]
-    matte: StringProperty(name="Matte", description=STRIP_ROLES[2][2])  # type: ignore[valid-type]
-    depth: StringProperty(name="Depth", description=STRIP_ROLES[3][2])  # type: ignore[valid-type]
+    inputs: CollectionProperty(type=CvgenInput, description="the input choices, by role name")  # type: ignore[valid-type]
     shot: StringProperty(name="Shot", description="names the result files and folders; empty: the scene's name")  # type: ignore[valid-type]
     seed: IntProperty(name="Seed", min=0)  # type: ignore[valid-type]
     colorspace: StringProperty(  # type: ignore[valid-type]
@@ -139,6 +195,13 @@ class CvgenSceneSettings(PropertyGroup):
         name="Spec Only", description="write the OpenCue job spec (XML) beside the job file instead of launching it",
     )
     last_farm: StringProperty(description="the last farm submission's bundle, spec or job names")  # type: ignore[valid-type]
+
+    def input(self, role: str) -> CvgenInput:
+        """The choice for `role`, made when the role has none yet (not while drawing: Blender forbids it)."""
+        if role not in self.inputs:
+            item = self.inputs.add()
+            item.name, item.frame = role, self.id_data.frame_start
+        return self.inputs[role]
 
 
 class CvgenSession(PropertyGroup):
@@ -169,4 +232,4 @@ def unregister_pointers() -> None:
     del bpy.types.Scene.cvgen
 
 
-classes = (CvgenParam, CvgenOp, CvgenSceneSettings, CvgenSession)
+classes = (CvgenParam, CvgenOp, CvgenInput, CvgenSceneSettings, CvgenSession)

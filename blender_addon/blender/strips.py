@@ -133,22 +133,39 @@ def conversion_key(scene: Scene, name: str, frames: range) -> str | None:
     return f"{shot_name(name)}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def convert(scene: Scene, name: str, frames: range, template: str) -> bool:
-    """Render strip `name` to `template` unless a complete conversion is there already (its folder is
-    named by `conversion_key`); True if it rendered."""
+def file_key(scene: Scene, path: str) -> str:
+    """A name for the conversion of image file `path` that changes whenever its pixels would (the file,
+    the scene's output size), like `conversion_key` for strips."""
+    stat = os.stat(path) if os.path.exists(path) else None
+    render = scene.render
+    parts = [os.path.normpath(path), stat.st_mtime if stat else -1.0, stat.st_size if stat else -1,
+             render.resolution_x, render.resolution_y, render.resolution_percentage]
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return f"{shot_name(os.path.basename(path))}-{digest}"
+
+
+def convert(scene: Scene, name: str, frames: range, template: str, file: str = "") -> bool:
+    """Render strip `name` (or, given `file`, that image file, shown from the first of `frames`) to
+    `template` unless a complete conversion is there already (its folder is named by `conversion_key`
+    or `file_key`); True if it rendered."""
     marker = os.path.join(os.path.dirname(template), COMPLETE)
     if os.path.exists(marker):
         return False
-    render_strip(scene, name, frames, template)
+    render_strip(scene, name, frames, template, file)
     with open(marker, "w", encoding="utf-8"):
         pass
     return True
 
 
-def render_strip(scene: Scene, name: str, frames: range, template: str) -> None:
+def render_strip(scene: Scene, name: str, frames: range, template: str, file: str = "") -> None:
     """Render strip `name` of `scene`, alone, over `frames` to half-float EXRs at `template` (`####` = frame):
-    half float holds footage's range and precision in half the disk space of float."""
+    half float holds footage's range and precision in half the disk space of float. Given `file`, an
+    image strip of that file, added to the copy only, is rendered instead: Blender reads any image it can
+    show, in the colour space it would show it in."""
     with scene_copy(scene) as copy:
+        if file:
+            channel = max((s.channel for s in strips(copy)), default=0) + 1
+            name = strips(copy).new_image("cvgen image", file, channel, frames.start).name
         for strip in strips(copy):
             strip.mute = strip.name != name
         copy.sequencer_colorspace_settings.name = LINEAR

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import SetupError
 from .connection import ServerSettings, open_client
-from .params import find_op, job_params, ops_from_hello
+from .params import check_params, find_op, job_params, ops_from_hello
 from .protocol import client, errors, protocol, schema
 
 
@@ -65,13 +65,14 @@ def build_job(request: RenderRequest, hello: dict[str, Any], emit: Emit) -> Any:
     op without depth simply ignores a depth strip. A missing required input stops here.
     """
     op = find_op(ops_from_hello(hello), request.op)
-    labels = {r.name: r.label for r in op.role_schemas}  # the panel's names for the roles, not the wire's
     inputs = {role: path for role, path in request.inputs.items() if role in op.roles}
     for role in sorted(set(request.inputs) - set(inputs)):
         emit(Notice(f"{op.name} does not take a {schema.role_label(role)} input; it was not sent"))
-    missing = [labels[role] for role in op.inputs if role not in inputs]
+    missing = [f"{r.label} {'image' if r.kind == 'image' else 'strip'}"  # the panel's names, not the wire's
+               for r in op.role_schemas if r.required and r.name not in inputs]
     if missing:
-        raise SetupError(f"{op.name} needs a {' and a '.join(missing)} strip")
+        raise SetupError(f"{op.name} needs a {' and a '.join(missing)}")
+    check_params(op, request.params)
     params, warnings = job_params(op, request.params)
     for text in warnings:
         emit(Notice(text))

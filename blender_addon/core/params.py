@@ -25,6 +25,8 @@ class ParamValue:
     value: Any
     help: str = ""
     choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
 
 
 def ops_from_hello(hello: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +50,24 @@ def from_schema(op: Any, current: dict[str, Any]) -> list[ParamValue]:
             value = p.check(current[p.name]) if p.name in current else p.default
         except protocol.ProtocolError:
             value = p.default
-        out.append(ParamValue(p.name, p.type, value, p.help, p.choices))
+        out.append(ParamValue(p.name, p.type, value, p.help, p.choices, p.min, p.max))
     return out
+
+
+def param_label(name: str) -> str:
+    """A parameter's label in the panel and in its errors: `max_gain` -> "Max gain"."""
+    return name.replace("_", " ").capitalize()
+
+
+def check_params(op: Any, values: dict[str, Any]) -> None:
+    """Refuse a value the op's schema does not allow, in the protocol's shared wording under the panel's
+    label ("Count must be between 1 and 8; it is 99"), before anything is converted or sent."""
+    for p in op.params:
+        if p.name in values:
+            try:
+                p.check(values[p.name], param_label(p.name))
+            except protocol.ProtocolError as exc:
+                raise SetupError(str(exc)) from None
 
 
 def job_params(op: Any, values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -77,6 +77,21 @@ def path_template(strip: StripInfo, frames: range) -> tuple[str | None, str]:
     return templates.pop(), ""
 
 
+def image_file(strip: StripInfo, frame: int) -> tuple[str | None, str]:
+    """The EXR file `strip` shows on `frame`, which the server reads as an `image` role as it is, or
+    None and why not (the frame is then rendered to EXR). Raises when the strip is not on that frame."""
+    if not strip.span[0] <= frame < strip.span[1]:
+        raise SetupError(f"strip {strip.name!r} covers frames {strip.span[0]}-{strip.span[1] - 1}, not frame {frame}")
+    if strip.kind != "IMAGE":
+        return None, f"it is a {strip.kind.lower()} strip"
+    if strip.has_modifiers:
+        return None, "it has modifiers"
+    path = strip.files.get(frame, "")
+    if not path.lower().endswith(".exr"):
+        return None, f"frame {frame} shows {os.path.basename(path) or 'no file'}, not an EXR"
+    return path, ""
+
+
 #: cvgen's (OpenColorIO config) names of colour spaces whose Blender name differs.
 BLENDER_COLORSPACES = {protocol.DEFAULT_COLORSPACE: "Linear Rec.709"}
 

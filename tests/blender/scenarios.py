@@ -98,7 +98,7 @@ def setup_shot(args: dict[str, Any]) -> bpy.types.Scene:
     plate = image_strip(scene, "plate", args["shot"]["plate"], args.get("plate_files", frames), 1,
                         args.get("plate_start", first))
     fg = image_strip(scene, "fg", args["shot"]["fg"], frames, 2, first)
-    scene.cvgen.plate, scene.cvgen.fg = plate.name, fg.name
+    scene.cvgen.input("plate").strip, scene.cvgen.input("fg").strip = plate.name, fg.name
     scene.cvgen.op = args.get("op", "colormatch")
     for name, value in args.get("params", {}).items():
         item = scene.cvgen.params.add()
@@ -129,7 +129,7 @@ def scenario_convert(args: dict[str, Any]) -> dict[str, Any]:
     matte: both must be rendered to EXR before the job; the EXR fg goes by path."""
     scene = setup_shot(args)
     movie = scene.sequence_editor.strips.new_movie("clip", args["movie"], 3, args["frames"][0])
-    scene.cvgen.matte = movie.name
+    scene.cvgen.input("matte").strip = movie.name
     return run_render(scene)
 
 
@@ -189,7 +189,7 @@ def scenario_passes(args: dict[str, Any]) -> dict[str, Any]:
     settings = scene.cvgen
     strips = scene.sequence_editor.strips
     out: dict[str, Any] = {
-        "inputs": {role: strip_facts(strips[getattr(settings, role)]) for role in ("plate", "fg", "matte", "depth")},
+        "inputs": {role: strip_facts(strips[settings.input(role).strip]) for role in ("plate", "fg", "matte", "depth")},
         "cube_pass_index": cube.pass_index,
         "compositor_unchanged": scene.use_nodes == compositor_before,
         "scenes": [s.name for s in bpy.data.scenes],
@@ -344,17 +344,17 @@ def scenario_artist_defects(args: dict[str, Any]) -> dict[str, Any]:
     settings.op = "colormatch"
 
     movie = scene.sequence_editor.strips.new_movie("clip", args["movie"], 3, args["frames"][0])
-    settings.matte = movie.name
+    settings.input("matte").strip = movie.name
     prefs().address, prefs().timeout = args["dead_address"], 1.0
     out["down"] = run_render(scene)
     out["files_after_refusal"] = sorted(str(p) for p in Path(args["blend"]).parent.joinpath("cvgen").rglob("*"))
     prefs().address, prefs().timeout = args["address"], 10.0
     out["renders"] = [run_render(scene), run_render(scene)]
     used = settings.result_strip
-    settings.fg = used
+    settings.input("fg").strip = used
     out["reuse_result"] = run_render(scene)
     out["strips"] = [s.name for s in scene.sequence_editor.strips]
-    out["fg"], out["used"], out["new_result"] = settings.fg, used, settings.result_strip
+    out["fg"], out["used"], out["new_result"] = settings.input("fg").strip, used, settings.result_strip
 
     prefs().server_python = args["python"]
     out["port_in_use"] = error_of(bpy.ops.cvgen.server_start)
@@ -412,6 +412,59 @@ def scenario_resume(args: dict[str, Any]) -> dict[str, Any]:
     out["job"] = scene.cvgen.last_job
     if scene.cvgen.result_strip:
         out["strip"] = strip_facts(scene.sequence_editor.strips[scene.cvgen.result_strip])
+    return out
+
+
+class Recorder:
+    """Stands in for Blender's UILayout (headless Blender draws no panels): records each call the panel
+    makes, with its plain arguments, so a test sees the labels and fields an artist would."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Recorder:
+            plain = [a for a in args if isinstance(a, (str, int, float, bool))]
+            self.log.append([name, plain, {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}])
+            return Recorder(self.log)
+        return call
+
+
+def draw_panel(scene: bpy.types.Scene) -> list[Any]:
+    """What the cvgen panel draws for `scene`, as `Recorder` entries."""
+    from types import SimpleNamespace
+
+    from bl_ext.user_default.cvgen.blender.panel import SEQUENCER_PT_cvgen
+
+    log: list[Any] = []
+    context = SimpleNamespace(window_manager=bpy.context.window_manager, scene=scene, preferences=bpy.context.preferences,
+                              region=SimpleNamespace(width=400))
+    SEQUENCER_PT_cvgen.draw(SimpleNamespace(layout=Recorder(log)), context)
+    return log
+
+
+def scenario_schema_roles(args: dict[str, Any]) -> dict[str, Any]:
+    """The test op `still` (tests/extra_op_server.py), which the add-on has never seen: the panel's roles
+    and range, a render with the reference from a strip's frame, one from a PNG file, an out-of-range count."""
+    scene = setup_shot(args)
+    settings = scene.cvgen
+    bpy.ops.cvgen.connect()
+    count = settings.params["count"]
+    out: dict[str, Any] = {"panel": draw_panel(scene), "ref_frame": settings.inputs["ref"].frame,
+                           "count_range": [count.bl_rna.properties[count.field].hard_min,
+                                           count.bl_rna.properties[count.field].hard_max]}
+    settings.inputs["ref"].strip, settings.inputs["ref"].frame = "fg", args["frames"][0] + 1
+    settings.inputs["guide"].strip = "fg"
+    out["from_strip"] = run_render(scene)
+    png = bpy.data.images.new("ref", 64, 48)
+    png.pixels = [0.25, 0.5, 0.75, 1.0] * (64 * 48)
+    png.filepath_raw, png.file_format = str(Path(args["blend"]).with_name("ref.png")), "PNG"
+    png.save()
+    settings.inputs["ref"].source, settings.inputs["ref"].filepath = "FILE", png.filepath_raw
+    settings.inputs["guide"].strip = ""
+    out["from_file"] = run_render(scene)
+    count.value_int = 99
+    out["out_of_range"] = run_render(scene)
     return out
 
 
