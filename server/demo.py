@@ -27,8 +27,9 @@ from .io.preview import contact_sheet
 from .io.video import read_video
 
 FIRST_FRAME = 1001
-OPS = ("colormatch", "harmonize")
-#: harmonize runs on the first frames only: diffusion on the CPU takes seconds per frame.
+OPS = ("colormatch", "harmonize", "smooth", "propagate")
+#: harmonize, smooth (on harmonize's result) and propagate run on the first frames only: diffusion on
+#: the CPU takes seconds per frame.
 HARMONIZE_FRAMES = 6
 SAMPLE_CLIP = Path("shared") / "data" / "video" / "woman-running.mp4"
 
@@ -85,6 +86,28 @@ def build_shot(folder: Path, video: Path | None, count: int) -> dict[str, str]:
     return {"plate": str(folder / "plate.####.exr"), "fg": str(folder / "fg.####.exr")}
 
 
+def paint_edit(inputs: dict[str, str], folder: Path) -> str:
+    """The first plate frame with a warm patch painted on it, as an artist's paint fix would be."""
+    plate = read_exr(frame_path(inputs["plate"], FIRST_FRAME))
+    pixels = plate.pixels.astype(np.float32)
+    h, w = pixels.shape[:2]
+    pixels[h // 3 : h // 2, w // 3 : w // 2, :3] = (1.5, 0.35, 0.1)
+    write_exr(folder / "edit.exr", Image(pixels.astype(np.float16), plate.channels))
+    return str(folder / "edit.exr")
+
+
+def edit_matte(inputs: dict[str, str], folder: Path, count: int) -> str:
+    """Where the paint fix may change the shot: the patch with a margin, on every frame (an artist's roto)."""
+    plate = read_exr(frame_path(inputs["plate"], FIRST_FRAME))
+    h, w = plate.height, plate.width
+    alpha = np.zeros((h, w, 1), np.float16)
+    alpha[h // 4 : h * 7 // 12, w // 4 : w * 7 // 12] = 1.0
+    template = str(folder / "edit-matte.####.exr")
+    for frame in range(FIRST_FRAME, FIRST_FRAME + count):
+        write_exr(Path(frame_path(template, frame)), Image(alpha, ("A",)))
+    return template
+
+
 def start_server(jobs_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*", "--jobs-dir", str(jobs_dir)],
@@ -133,8 +156,14 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
             print(f"server {info['server_version']} at {endpoint}: ops {', '.join(o['name'] for o in info['ops'])}")
             render(client, "colormatch", inputs, count, out, {})
             model = info["default_model"]
-            render(client, "harmonize", inputs, min(count, HARMONIZE_FRAMES), out,
-                   {"prompt": "a woman running by a river, overcast light", "steps": 10})
+            prompt = "a woman running by a river, overcast light"
+            render(client, "harmonize", inputs, min(count, HARMONIZE_FRAMES), out, {"prompt": prompt, "steps": 10})
+            # harmonize then smooth: the harmonized frames made coherent by the video model, inside the fg's matte
+            render(client, "smooth", {"plate": str(out / "harmonize" / "demo.####.exr"), "matte": inputs["fg"]},
+                   min(count, HARMONIZE_FRAMES), out, {"prompt": prompt, "steps": 4, "strength": 0.5})
+            edited = {"plate": inputs["plate"], "edit": paint_edit(inputs, out / "inputs"),
+                      "matte": edit_matte(inputs, out / "inputs", min(count, HARMONIZE_FRAMES))}
+            render(client, "propagate", edited, min(count, HARMONIZE_FRAMES), out, {"steps": 10})
     finally:
         stop_server(proc)
     rows = []
@@ -148,6 +177,10 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
     print(f"preview:  {out / 'preview.png'} (columns: input composite, {', '.join(OPS)})")
     print(f"job data: {out / 'jobs'}")
     if model == "tiny":
-        print("note: harmonize ran on the built-in `tiny` model, whose weights are random: its result shows the "
-              "pipeline works, not what harmonize looks like. Real results need a real Stable Diffusion model: "
-              "name its folder in a models file (see README, 'Models').")
+        print("note: harmonize ran on the built-in `tiny` model and smooth on `tiny` with the built-in `tiny-t2v` video "
+              "model, whose weights are random: their results show the pipeline works, not what harmonize or smooth "
+              "look like. Real results need a real Stable Diffusion model (and a text-to-video model such as "
+              "ZeroScope for smooth): name their folders in a models file (see README, 'Models').")
+        print("note: propagate ran on the built-in `tiny-svd` model, random weights too: it shows the windows, "
+              "the matte and the colour handling work, not what a propagated edit looks like. Real results need "
+              "Stable Video Diffusion img2vid (see README, 'propagate').")

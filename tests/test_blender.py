@@ -125,7 +125,7 @@ def test_render_adds_the_result_strip_and_a_rerender_replaces_it(
     result = run_scenario(tmp_path, "render", {**shot_args, "renders": 2, "params": {"strength": 0.5}})
 
     assert result["connection"] == "CONNECTED"
-    assert result["ops"] == ["colormatch", "harmonize"]
+    assert result["ops"] == ["colormatch", "harmonize", "propagate", "smooth"]
     assert result["params"]["strength"] == ["float", 0.5], "the artist's value survives the schema refresh"
     assert result["params"]["temporal"] == ["float", 3.0], "the other parameters take the server's defaults"
     first, second = result["renders"]

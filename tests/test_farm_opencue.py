@@ -182,3 +182,15 @@ def test_submit_says_what_is_wrong_when_no_cuebot_is_named_or_reachable(job_file
     assert "cvgen: error: cannot reach the Cuebot at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr and time.monotonic() - start < 30
     assert json.loads(job_file.read_text())["farm"]["engine"] == "opencue"  # the job file is only ever read
+
+
+def test_a_propagate_job_is_one_layer_task_over_the_whole_range(tmp_path):
+    shot = make_shot(tmp_path / "shot", range(1001, 1002))
+    inputs = {"plate": shot["plate"], "edit": shot["plate"].replace("####", "1001")}
+    spec = JobSpec("propagate", (1001, 1010), inputs, name="sh010_pr")
+    job_file = write_job_file(FarmSubmission(spec, engine="opencue", chunk=4), tmp_path / "sh010_pr.json")
+    result = cvgen("farm", "opencue", str(job_file), "--output", str(tmp_path / "spec.xml"))
+    assert result.returncode == 0, result.stderr
+    assert "frames 1001-1010 (10) in 1 task(s) of up to 10 frame(s)" in result.stdout
+    layer = validate((tmp_path / "spec.xml").read_text()).find("job/layers/layer")
+    assert (layer.findtext("range"), layer.findtext("chunk")) == ("1001-1010", "10")

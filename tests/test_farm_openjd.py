@@ -101,3 +101,23 @@ def test_a_gpu_job_asks_for_its_resources_and_warm_up_and_passes_openjd_check(op
     assert template["jobEnvironments"][0]["variables"] == {"CVGEN_MODELS": "/m.toml"}
     values = yaml.safe_load((tmp_path / "bundle" / "parameter_values.yaml").read_text())
     assert values == {"parameterValues": [{"name": "JobFile", "value": str(job_file.resolve())}]}
+
+
+def test_a_propagate_bundle_is_one_task_and_renders_what_cvgen_renders_in_process(openjd, tmp_path):
+    """propagate's windows each depend on the one before: the farm runs the whole range as one task."""
+    shot = make_shot(tmp_path / "shot", range(FIRST, LAST + 1))
+    inputs = {"plate": shot["plate"], "edit": shot["plate"].replace("####", str(FIRST))}
+    spec = JobSpec("propagate", (FIRST, LAST), inputs, name="sh010_pr", output=str(tmp_path / "farm-frames"),
+                   params={"model": "tiny-svd", "steps": 2})
+    job_file = write_job_file(FarmSubmission(spec, chunk=2), tmp_path / "sh010_pr.json")
+    bundle = tmp_path / "bundle"
+    made = cvgen("farm", "openjd", str(job_file), "-o", str(bundle), "--cvgen", str(BIN / "cvgen"))
+    assert made.returncode == 0, made.stderr
+    assert "frames 1001-1005 (5) in 1 task(s) of up to 5 frame(s)" in made.stdout
+    report = run_bundle(openjd, bundle)
+    assert report["status"] == "success"
+    run_job(spec, tmp_path / "local")
+    for f in range(FIRST, LAST + 1):
+        farm = read_exr(tmp_path / "farm-frames" / f"sh010_pr.{f}.exr")
+        local = read_exr(tmp_path / "local" / f"sh010_pr.{f}.exr")
+        assert np.array_equal(farm.pixels.view(np.uint16), local.pixels.view(np.uint16)), f"frame {f} differs"

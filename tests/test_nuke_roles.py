@@ -48,7 +48,8 @@ STILL = {
         {"name": "blend", "type": "choice", "default": "add", "help": "how", "choices": ["add", "max"]},
     ],
 }
-SERVER_OPS = [op.schema() for op in ops.all_ops().values()]
+#: A server offering the two compositing ops, as a real one describes them.
+SERVER_OPS = [ops.get_op(name).schema() for name in ("colormatch", "harmonize")]
 INFO = from_hello({"ops": [*SERVER_OPS, STILL]})
 FRAMES = (1001, 1003)
 

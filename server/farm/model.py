@@ -88,12 +88,15 @@ def farm_job(path: Path, submission: FarmSubmission, cvgen: str = "cvgen") -> Fa
     gpus = res.gpus if res.gpus is not None else int(op.uses_model)
     if res.gpu_memory_mib and not gpus:
         raise ProtocolError(f"GPU memory ({res.gpu_memory_mib} MiB) is asked for tasks without a GPU; ask for --gpus 1")
+    first, last = submission.job.frames
     return FarmJob(
         name=submission.job.name or path.stem,
         op=op.name,
         job_file=path.resolve(),
         frames=submission.job.frames,
-        chunk=submission.chunk,
+        # an op whose frames each depend on every frame before them (propagate's window chain) runs
+        # as one task: any other cut would make each chunk re-render the chain from the shot's start
+        chunk=last - first + 1 if op.sequential else submission.chunk,
         warmup=op.warmup if submission.warmup is None else submission.warmup,
         resources=replace(res, gpus=gpus),
         show=submission.show,

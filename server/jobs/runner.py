@@ -49,6 +49,8 @@ def check_job(spec: JobSpec, inline_roles: Iterable[str] = (), registry: Any = N
     params = op.resolve_params(spec.params)
     models = {param.name: registry.entry(params[param.name], param.model_kind).name
               for param in op.params if param.model_kind and registry is not None}
+    if registry is not None:
+        op.check_models(params, registry)
     colorspace = check_colorspace(spec.colorspace)
     given = set(spec.inputs) | set(inline_roles)
     allowed = set(op.inputs) | set(op.optional_inputs)

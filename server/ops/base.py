@@ -84,9 +84,15 @@ class OpSpec:
     #: Frames an op that carries state from frame to frame renders, and discards, before the first
     #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
     warmup: int = 0
+    #: Every frame depends on all frames before it (a window conditioned on the previous window's
+    #: output): the farm runs the job as one task instead of chunks that would each redo the chain.
+    sequential: bool = False
     #: Refuses, before the job is queued, input frames without the channels the op reads
     #: (role -> channel names of a frame sent inline; the job's input roles).
     check_channels: ChannelCheck = _any_channels
+    #: Refuses, before the job is queued, parameters naming models the registry cannot give this op
+    #: beyond what `model_kind` says (the resolved parameters; the server's model registry).
+    check_models: Callable[[dict[str, Any], Any], None] = lambda params, registry: None
 
     @property
     def inputs(self) -> tuple[str, ...]:
