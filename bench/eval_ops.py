@@ -16,11 +16,14 @@ with the optical flow computed on the original; the original itself is scored to
 rows (input composite, colormatch) are real quality figures, and the bench checks colormatch's
 goal: lower fMSE than the input composite, and warp error and flicker at most 5 % above it; it
 exits 1 when the goal is missed. harmonize runs on the built-in `tiny` model, whose weights are
-random: its row shows the plumbing works, not what harmonize does. restyle, propagate and smooth
-are not built yet. CLIP and PickScore are scored only with the models named by --clip /
+random: its row shows the plumbing works, not what harmonize does. So do the two video ops, also
+on random-weight tiny models: smooth (`tiny` and `tiny-t2v`, strength 0.5) on harmonize's result,
+inside the matte; propagate (`tiny-svd`) with the input composite as the plate, the original first frame as
+the edit (the fix an artist paints on frame one) and the region as the matte. restyle is not
+built yet. CLIP and PickScore are scored only with the models named by --clip /
 --pickscore (from the models file); otherwise they are listed as not computed, with the reason.
 
-  python bench/eval_ops.py                         # 16 frames at 256 px wide, about a minute on 2 cores
+  python bench/eval_ops.py                         # 16 frames at 256 px wide, about 40 s on 2 cores
   python bench/eval_ops.py --frames 12 --width 192 --out /tmp/eval-bench   # keep the shot and report
 """
 
@@ -55,7 +58,7 @@ ELLIPSE = (0.5, 0.62, 0.22, 0.3)
 PROMPT = "a woman running by a river, overcast light"
 TINY = "random weights: plumbing only, not quality"
 #: Diffusion ops the issue names that do not exist yet.
-NOT_BUILT = ("restyle", "propagate", "smooth")
+NOT_BUILT = ("restyle",)
 #: colormatch may raise warp error and flicker by at most this fraction of the input composite's.
 TOLERANCE = 0.05
 
@@ -88,10 +91,12 @@ def build_shot(folder: Path, video: Path, count: int, width: int) -> dict[str, s
     return {name: str(folder / f"{name}.####.exr") for name in ("original", "composite", "fg", "matte")}
 
 
-def run_op(op: str, shot: dict[str, str], count: int, out: Path, models: ModelCache, params: dict) -> tuple[str, float]:
-    """One op through the job path; returns its output sequence and seconds taken."""
-    spec = JobSpec(op, (FIRST_FRAME, FIRST_FRAME + count - 1),
-                   {"plate": shot["original"], "fg": shot["fg"], "matte": shot["matte"]}, params=params, name=op)
+def run_op(op: str, shot: dict[str, str], count: int, out: Path, models: ModelCache, params: dict,
+           inputs: dict[str, str] | None = None) -> tuple[str, float]:
+    """One op through the job path (by default on the composite's layers); returns its output
+    sequence and seconds taken."""
+    inputs = inputs or {"plate": shot["original"], "fg": shot["fg"], "matte": shot["matte"]}
+    spec = JobSpec(op, (FIRST_FRAME, FIRST_FRAME + count - 1), inputs, params=params, name=op)
     started = time.perf_counter()
     run_job(spec, out / op, models=models, device="cpu")
     return str(out / op / f"{op}.####.exr"), time.perf_counter() - started
@@ -141,10 +146,21 @@ def main() -> None:
     colormatch, cm_s = run_op("colormatch", shot, args.frames, out, models, {})
     harmonize, hz_s = run_op("harmonize", shot, args.frames, out, models,
                              {"prompt": PROMPT, "steps": args.steps, "model": "tiny"})
-    print(f"colormatch {cm_s:.1f} s, harmonize (tiny, {args.steps} steps) {hz_s:.1f} s")
-    labels = ["original (reference)", "input composite", "colormatch", f"harmonize (tiny: {TINY})"]
+    smooth, sm_s = run_op("smooth", shot, args.frames, out, models,
+                          {"prompt": PROMPT, "steps": args.steps, "strength": 0.5, "model": "tiny",
+                           "video_model": "tiny-t2v"},  # half the schedule: keeps the bench short
+                          {"plate": harmonize, "matte": shot["matte"]})
+    first = shot["original"].replace("####", f"{FIRST_FRAME:04d}")
+    propagate, pr_s = run_op("propagate", shot, args.frames, out, models, {"steps": args.steps, "model": "tiny-svd"},
+                             {"plate": shot["composite"], "edit": first, "matte": shot["matte"]})
+    print(f"colormatch {cm_s:.1f} s, harmonize (tiny, {args.steps} steps) {hz_s:.1f} s, smooth of harmonize's "
+          f"result (tiny + tiny-t2v, {args.steps} steps, strength 0.5) {sm_s:.1f} s, "
+          f"propagate (tiny-svd, {args.steps} steps) {pr_s:.1f} s")
+    labels = ["original (reference)", "input composite", "colormatch", f"harmonize (tiny: {TINY})",
+              f"smooth of harmonize (tiny, tiny-t2v: {TINY})", f"propagate (tiny-svd: {TINY})"]
     scoring = time.perf_counter()
-    report = evaluate([shot["original"], shot["composite"], colormatch, harmonize], source=shot["original"],
+    report = evaluate([shot["original"], shot["composite"], colormatch, harmonize, smooth, propagate],
+                      source=shot["original"],
                       original=shot["original"], matte=shot["matte"], prompt=PROMPT, clip=args.clip,
                       pickscore=args.pickscore, labels=labels)
     write_json(report, out / "report.json")
