@@ -132,6 +132,16 @@ def test_table_without_missing_metrics_has_no_reason_list():
     assert "n/c" not in table
 
 
+def test_table_names_the_models_and_flags_random_weights():
+    report = make_report()
+    assert "pickscore: tiny-pickscore\n" in format_table(report)  # a report written before the flag existed
+    report.models["pickscore"]["random_weights"] = "yes"
+    report.models["clip"] = {"name": "clip-l14", "path": "/models/clip", "fingerprint": "f", "random_weights": "no"}
+    table = format_table(report)
+    assert "pickscore: tiny-pickscore (random weights: plumbing only, not quality)" in table
+    assert "clip: clip-l14\n" in table
+
+
 def test_sheet_frames_spreads_over_the_shot():
     assert sheet_frames(list(range(1001, 1011)), 4) == [1001, 1004, 1007, 1010]
     assert sheet_frames([5, 6], 4) == [5, 6]

@@ -56,7 +56,8 @@ def load(registry: ModelRegistry, cache: ModelCache, name: str, kind: str) -> Lo
         model = cache.get(entry.name, kind)
     except CvgenError as exc:
         return LoadedOrWhy(why=f"{label} model {entry.name!r} did not load: {exc}")
-    info = {"name": entry.name, "path": str(entry.path), "fingerprint": model.fingerprint}
+    info = {"name": entry.name, "path": str(entry.path), "fingerprint": model.fingerprint,
+            "random_weights": "yes" if entry.builtin else "no"}
     return LoadedOrWhy(model, info, random_weights=entry.builtin)
 
 

@@ -118,6 +118,10 @@ def format_table(report: EvalReport) -> str:
     out += [f"{SHORT_NAMES.get(m.key, m.key)} ({m.key}): {m.label}" for m in columns]
     out.append(f"flow: {report.flow_method}, on the {report.flow_on}"
                + ("" if report.flow_on == "source" else " (no source given)"))
+    for kind, info in report.models.items():
+        if info:
+            warning = info.get("random_weights") == "yes"
+            out.append(f"{kind}: {info['name']}" + (" (random weights: plumbing only, not quality)" if warning else ""))
     reasons = _not_computed(report)
     if reasons:
         out += ["", "n/c = not computed:"]
