@@ -111,6 +111,27 @@ def check_layer_channels(channels: Mapping[str, Sequence[str]], roles: Collectio
         )
 
 
+def read_plate(shot: Shot, frame: int, work: str) -> Layers:
+    """A plate frame (its RGB made finite, as a model sees it) and where the result goes (the matte,
+    all ones without one), in the `Layers` form `over_plate` puts back: for ops that take no fg.
+
+    `work` names what the op does in the refusal of integer frames ("cvgen {work} scene-linear ...").
+    """
+    plate = shot.read("plate", frame)
+    _require_rgb(plate.channels, "plate")
+    if plate.pixels.dtype.kind != "f":
+        raise InputError(f"cvgen {work} scene-linear float frames (half or float), but plate frame {frame} "
+                         f"is {plate.pixels.dtype}")
+    rgb = np.stack([plate.channel(c) for c in RGB], axis=-1).astype(np.float32)
+    rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
+    if shot.has("matte"):
+        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))
+        matte = np.clip(np.nan_to_num(matte.astype(np.float32), nan=0.0), 0.0, 1.0)
+    else:
+        matte = np.ones(rgb.shape[:2], np.float32)
+    return Layers(plate, 1, rgb, matte)
+
+
 def _require_rgb(channels: Sequence[str], role: str) -> None:
     missing = [c for c in RGB if c not in channels]
     if missing:

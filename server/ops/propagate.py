@@ -64,7 +64,7 @@ from cvgen.protocol.images import Image
 from ..core.highlights import PARAM as HIGHLIGHTS, ModelColor
 from ..errors import InputError
 from .base import OpContext, OpSpec, Param, Role, Shot
-from .layers import RGB, Layers, _matte_channel, _require_rgb, feathered, over_plate
+from .layers import RGB, Layers, _require_rgb, feathered, over_plate, read_plate
 
 StepFn = Callable[[int, int], None]
 #: The frame area SVD was trained at (1024 x 576).
@@ -98,23 +98,6 @@ def inversion_depth(params: dict[str, Any]) -> int:
 
 
 # Frames in and out -------------------------------------------------------------------------------
-
-
-def read_frame(shot: Shot, frame: int) -> Layers:
-    """A plate frame (RGB made finite, as the model sees it) and its matte (all ones without one)."""
-    plate = shot.read("plate", frame)
-    _require_rgb(plate.channels, "plate")
-    if plate.pixels.dtype.kind != "f":
-        raise InputError(f"cvgen propagates edits over scene-linear float frames (half or float), but plate "
-                         f"frame {frame} is {plate.pixels.dtype}")
-    rgb = np.nan_to_num(np.stack([plate.channel(c) for c in RGB], axis=-1).astype(np.float32),
-                        nan=0.0, posinf=1.0, neginf=0.0)
-    if shot.has("matte"):
-        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))
-        matte = np.clip(np.nan_to_num(matte.astype(np.float32), nan=0.0), 0.0, 1.0)
-    else:
-        matte = np.ones(rgb.shape[:2], np.float32)
-    return Layers(plate, 1, rgb, matte)
 
 
 def read_edit(shot: Shot, plate: Image) -> np.ndarray:
@@ -402,7 +385,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
         for window in windows[start:]:
             if window.index > 0 and window.start >= max(todo):
                 break
-            layers = [read_frame(shot, frames[q]) for q in window.frames]
+            layers = [read_plate(shot, frames[q], "propagates edits over") for q in window.frames]
             for q, lay in zip(window.frames, layers):
                 if q in result_positions(window):
                     plates = plate_hash(plates, lay.plate)

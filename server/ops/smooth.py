@@ -50,7 +50,7 @@ from cvgen.protocol.images import Image
 from ..core.highlights import PARAM as HIGHLIGHTS, ModelColor
 from ..errors import InputError
 from .base import OpContext, OpSpec, Param, Role, Shot
-from .layers import RGB, Layers, _matte_channel, _matte_name, _require_rgb, feathered, over_plate
+from .layers import Layers, _matte_name, _require_rgb, feathered, over_plate, read_plate
 
 StepFn = Callable[[int, int], None]
 #: The authors' clip length, for a video model that does not say its own.
@@ -124,24 +124,6 @@ def window_size(params: dict[str, Any], video: Any) -> int:
 
 
 # 1. Frame-wise stage --------------------------------------------------------------------------
-
-
-def read_frame(shot: Shot, frame: int) -> Layers:
-    """The frame to smooth (its RGB made finite, as the model sees it) and where the result goes
-    (the matte, all ones without one), in the `Layers` form `over_plate` puts back."""
-    plate = shot.read("plate", frame)
-    _require_rgb(plate.channels, "plate")
-    if plate.pixels.dtype.kind != "f":
-        raise InputError(f"cvgen smooths scene-linear float frames (half or float), but plate frame {frame} "
-                         f"is {plate.pixels.dtype}")
-    rgb = np.stack([plate.channel(c) for c in RGB], axis=-1).astype(np.float32)
-    rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
-    if shot.has("matte"):
-        matte = _matte_channel(shot.read("matte", frame).in_window(plate.data_window))
-        matte = np.clip(np.nan_to_num(matte.astype(np.float32), nan=0.0), 0.0, 1.0)
-    else:
-        matte = np.ones(rgb.shape[:2], np.float32)
-    return Layers(plate, 1, rgb, matte)
 
 
 def model_input(layers: Layers, color: ModelColor) -> np.ndarray:
@@ -304,7 +286,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
     total = smoother.steps_per_window
     with torch.no_grad(), applied(video, loras):
         for n, window in enumerate(order):
-            layers = [read_frame(shot, frames[p]) for p in window.frames]
+            layers = [read_plate(shot, frames[p], "smooths") for p in window.frames]
             sizes = {lay.plate.pixels.shape[:2] for lay in layers}
             if len(sizes) > 1:
                 raise InputError(f"plate frames {frames[window.start]}-{frames[window.stop - 1]} change size "
@@ -326,7 +308,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
 
 
 def check_channels(channels: Mapping[str, Sequence[str]], roles: Collection[str]) -> None:
-    """The channel rules of `read_frame`, for frames sent inline."""
+    """The channel rules of `read_plate`, for frames sent inline."""
     if "plate" in channels:
         _require_rgb(channels["plate"], "plate")
     if "matte" in channels:
