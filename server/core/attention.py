@@ -1,10 +1,18 @@
-"""Self-attention processors: installing them on `attn1` only, and Inter-Frame Augmented attention.
+"""Self-attention that also attends to cached keys and values of other frames.
 
-IFA (METHODS.md 1.4): while frame i is generated, every self-attention layer appends to its keys
-and values those frame i-1 had at the same layer and step, restricted to frame i-1's foreground
-tokens, for the first `tau` fraction of the generation steps. It is a diffusers attention
-processor, installed with `unet.set_attn_processor({...})` on the `attn1` entries only, so
-cross-attention and IP-Adapter processors stay untouched.
+One mechanism serves two ops. While a frame is generated, every self-attention layer (`attn1`)
+records its keys and values per step, and appends those that other frames recorded at the same
+layer and step to its own before attending:
+
+- harmonize's Inter-Frame Augmented attention (METHODS.md 1.4): the previous frame's foreground
+  tokens, for the first `tau` fraction of the steps (`InterFrameAttention`);
+- restyle's cross-frame attention (METHODS.md 2.4): all tokens of the shot's first frame (the
+  anchor) and of the previous frame, at every step, mixed with frame-local attention by `omega`
+  (`CrossFrameAttention`).
+
+Both are diffusers attention processors installed with `set_attn_processor({...})` on the `attn1`
+entries only (of a UNet, or of a ControlNet), so cross-attention and IP-Adapter processors stay
+untouched. Where nothing is appended, attention is diffusers' `AttnProcessor2_0`, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,29 +30,31 @@ from .mattes import binarize, to_grid
 from .sampling import steps_for
 
 AttnProcessor = Any  # a diffusers attention processor: callable(attn, hidden_states, ...)
+KV = tuple[torch.Tensor, torch.Tensor]
 
 _SELF = "attn1.processor"
 
 
-def self_attention_layers(unet) -> list[str]:
-    """The processor names of `unet`'s self-attention layers (those ending in "attn1.processor")."""
-    return [name for name in unet.attn_processors if name.endswith(_SELF)]
+def self_attention_layers(model) -> list[str]:
+    """The processor names of `model`'s self-attention layers (those ending in "attn1.processor")."""
+    return [name for name in model.attn_processors if name.endswith(_SELF)]
 
 
 @contextmanager
-def self_attention_processors(unet, make: Callable[[str], AttnProcessor]) -> Iterator[None]:
-    """Install `make(name)` on every `attn1` layer of `unet` for the block; restore the originals after.
+def self_attention_processors(model, make: Callable[[str], AttnProcessor]) -> Iterator[None]:
+    """Install `make(name)` on every `attn1` layer of `model` (a UNet or a ControlNet) for the
+    block; restore the originals after.
 
     Every other processor object (cross-attention, IP-Adapter, ...) is passed back as it was; the
     originals come back on exit, also when the block raises.
     """
-    originals = dict(unet.attn_processors)
+    originals = dict(model.attn_processors)
     # set_attn_processor pops entries from the dict it is given: always hand it a fresh one.
-    unet.set_attn_processor({name: make(name) if name.endswith(_SELF) else proc for name, proc in originals.items()})
+    model.set_attn_processor({name: make(name) if name.endswith(_SELF) else proc for name, proc in originals.items()})
     try:
         yield
     finally:
-        unet.set_attn_processor(dict(originals))
+        model.set_attn_processor(dict(originals))
 
 
 def _grid(seq_len: int, latent: tuple[int, int]) -> tuple[int, int]:
@@ -61,55 +72,60 @@ def _grid(seq_len: int, latent: tuple[int, int]) -> tuple[int, int]:
     raise ValueError(f"a layer with {seq_len} tokens does not match a latent of {height}x{width} at any UNet level")
 
 
-class InterFrameAttention:
-    """IFA (METHODS.md 1.4): frame i's attn1 keys/values are extended with frame i-1's K/V at the
-    same layer and step, restricted to frame i-1's foreground tokens; only for the first `tau`
-    fraction of generation steps; frame 0 plain; cache holds one frame.
+@dataclass(frozen=True)
+class Extension:
+    """Keys and values appended to batch rows `rows:` of a layer; rows before `rows` attend frame-locally."""
 
-    Use per frame: `begin_frame(matte, steps)`, then `set_step(i)` before each step's UNet call,
-    then `end_frame()`. Step i is active when i < `steps_for(tau, steps)` (the step rule every op
-    shares, sampling.py): the layer records this frame's
-    foreground K (after `to_k`) and V, and, if frame i-1 recorded any at this layer and step,
-    attends over [own tokens, frame i-1's foreground tokens]. Otherwise attention is plain and
-    bit-identical to diffusers' `AttnProcessor2_0`. With a CFG batch [uncond, cond] each element is
-    extended with the same element of the previous frame. The previous frame's entries for a
-    step are dropped once a later step begins, so the cache holds about one frame's foreground
-    K/V whatever the shot length. Outside begin_frame/end_frame the processor runs plain and
-    records nothing.
+    key: torch.Tensor
+    value: torch.Tensor
+    rows: int = 0
+
+
+def _rows_of(kv: KV, batch: int) -> KV:
+    """`kv` recorded for `batch` rows (or for one row, broadcast) of this frame's batch."""
+    key, value = kv
+    if key.shape[0] != batch:
+        if key.shape[0] != 1:
+            raise ValueError(f"another frame's batch {key.shape[0]} does not match this frame's batch {batch}")
+        key, value = key.expand(batch, -1, -1), value.expand(batch, -1, -1)
+    return key, value
+
+
+class CachedFrameAttention:
+    """The frame and step bookkeeping both methods share, and the processors they install.
+
+    Per frame: `_begin(steps)`, then `set_step(i)` before each step's model calls, then
+    `end_frame()`. What a frame records at (layer, step) becomes the previous frame's at its end;
+    the previous frame's entries for a step are dropped once a later step begins, so about one
+    frame's K/V is held besides what a subclass keeps. Outside a frame the processors run plain
+    and record nothing. Subclasses say what a layer records and appends (`_extend`).
     """
 
-    def __init__(self, tau: float) -> None:
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"tau must be between 0 and 1 but is {tau}")
-        self.tau = float(tau)
-        self._previous: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._current: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._matte: torch.Tensor | None = None
-        self._tokens: dict[tuple[int, int], torch.Tensor] = {}
+    def __init__(self) -> None:
+        self._previous: dict[tuple[str, int], KV] = {}
+        self._current: dict[tuple[str, int], KV] = {}
         self._steps = 0
-        self._active_steps = 0
         self._step: int | None = None
+        self._in_frame = False
 
     def processor(self, name: str) -> AttnProcessor:
-        """The processor for layer `name`, for `self_attention_processors(unet, ifa.processor)`."""
-        return _IFAProcessor(self, name)
+        """The processor for layer `name`, for `self_attention_processors(model, owner.processor)`.
 
-    def begin_frame(self, matte: torch.Tensor, steps: int) -> None:
-        """Start a frame whose (1, 1, h_latent, w_latent) `matte` picks the tokens recorded for the next."""
-        if matte.ndim != 4 or matte.shape[:2] != (1, 1):
-            raise ValueError(f"matte must be (1, 1, h, w) but has shape {tuple(matte.shape)}")
+        Layers of two models sharing one owner need distinct names (prefix the ControlNet's).
+        """
+        return _ExtendedAttnProcessor(self, name)
+
+    def _begin(self, steps: int) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1 but is {steps}")
-        self._matte = matte.detach().float()
-        self._tokens = {}
         self._steps = int(steps)
-        self._active_steps = steps_for(self.tau, self._steps)
         self._step = None
         self._current = {}  # an unfinished frame (cancelled) leaves nothing behind
+        self._in_frame = True
 
     def set_step(self, i: int) -> None:
-        """Declare generation step `i` (call before the step's UNet call); drops consumed entries."""
-        if self._matte is None:
+        """Declare generation step `i` (call before the step's model calls); drops consumed entries."""
+        if not self._in_frame:
             raise RuntimeError("set_step called before begin_frame")
         if not 0 <= i < self._steps:
             raise ValueError(f"step must be between 0 and {self._steps - 1} but is {i}")
@@ -121,21 +137,62 @@ class InterFrameAttention:
         """The K/V recorded this frame become the previous frame's; older ones are dropped."""
         self._previous = self._current
         self._current = {}
-        self._matte = None
-        self._tokens = {}
         self._step = None
+        self._in_frame = False
 
     def reset(self) -> None:
-        """Forget everything: the next frame runs plain, as frame 0 does."""
+        """Forget the previous frame: the next frame has no predecessor to attend to."""
         self._previous = {}
         self.end_frame()
 
+    def _stores(self) -> list[dict[tuple[str, int], KV]]:
+        return [self._previous, self._current]
+
     @property
     def cache_bytes(self) -> int:
-        """Bytes of K/V held (the previous frame's plus what this frame has recorded so far)."""
-        return sum(t.numel() * t.element_size() for store in (self._previous, self._current) for kv in store.values() for t in kv)
+        """Bytes of K/V held."""
+        return sum(t.numel() * t.element_size() for store in self._stores() for kv in store.values() for t in kv)
 
-    # -- used by the processors --------------------------------------------------------------
+    def _extend(self, name: str, key: torch.Tensor, value: torch.Tensor) -> Extension | None:
+        """Record what this frame keeps of layer `name`'s K/V; return what to append, or None."""
+        raise NotImplementedError
+
+
+class InterFrameAttention(CachedFrameAttention):
+    """IFA (METHODS.md 1.4): frame i's attn1 keys/values are extended with frame i-1's K/V at the
+    same layer and step, restricted to frame i-1's foreground tokens; only for the first `tau`
+    fraction of generation steps; frame 0 plain; cache holds one frame.
+
+    Use per frame: `begin_frame(matte, steps)`, then `set_step(i)` before each step's UNet call,
+    then `end_frame()`. Step i is active when i < `steps_for(tau, steps)` (the step rule every op
+    shares, sampling.py): the layer records this frame's foreground K (after `to_k`) and V, and,
+    if frame i-1 recorded any at this layer and step, attends over [own tokens, frame i-1's
+    foreground tokens]. Otherwise attention is plain. With a CFG batch [uncond, cond] each element
+    is extended with the same element of the previous frame.
+    """
+
+    def __init__(self, tau: float) -> None:
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be between 0 and 1 but is {tau}")
+        super().__init__()
+        self.tau = float(tau)
+        self._matte: torch.Tensor | None = None
+        self._tokens: dict[tuple[int, int], torch.Tensor] = {}
+        self._active_steps = 0
+
+    def begin_frame(self, matte: torch.Tensor, steps: int) -> None:
+        """Start a frame whose (1, 1, h_latent, w_latent) `matte` picks the tokens recorded for the next."""
+        if matte.ndim != 4 or matte.shape[:2] != (1, 1):
+            raise ValueError(f"matte must be (1, 1, h, w) but has shape {tuple(matte.shape)}")
+        self._begin(steps)
+        self._matte = matte.detach().float()
+        self._tokens = {}
+        self._active_steps = steps_for(self.tau, self._steps)
+
+    def end_frame(self) -> None:
+        super().end_frame()
+        self._matte = None
+        self._tokens = {}
 
     def _active(self) -> bool:
         return self._matte is not None and self._step is not None and self._step < self._active_steps
@@ -148,8 +205,7 @@ class InterFrameAttention:
             self._tokens[grid] = mask.nonzero().flatten()
         return self._tokens[grid].to(device)
 
-    def _extend(self, name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Record this frame's foreground K/V; return the previous frame's to append, or None."""
+    def _extend(self, name: str, key: torch.Tensor, value: torch.Tensor) -> Extension | None:
         if not self._active():
             return None
         step = self._step
@@ -160,20 +216,74 @@ class InterFrameAttention:
         previous = self._previous.get((name, step))
         if previous is None:
             return None
-        prev_key, prev_value = previous
-        batch = key.shape[0]
-        if prev_key.shape[0] != batch:
-            if prev_key.shape[0] != 1:
-                raise ValueError(f"previous frame's batch {prev_key.shape[0]} does not match this frame's batch {batch}")
-            prev_key = prev_key.expand(batch, -1, -1)
-            prev_value = prev_value.expand(batch, -1, -1)
-        return prev_key.to(key.dtype), prev_value.to(value.dtype)
+        prev_key, prev_value = _rows_of(previous, key.shape[0])
+        return Extension(prev_key.to(key.dtype), prev_value.to(value.dtype))
 
 
-class _IFAProcessor:
-    """diffusers' `AttnProcessor2_0`, with the key/value extension of `InterFrameAttention`."""
+class CrossFrameAttention(CachedFrameAttention):
+    """restyle's temporal consistency (METHODS.md 2.4): every attn1 layer attends to its own tokens
+    plus all tokens the anchor (the first frame generated) and the previous frame had at the same
+    layer and step, at every step.
 
-    def __init__(self, owner: InterFrameAttention, name: str) -> None:
+    Use per frame: `begin_frame(steps)`, `set_step(i)` before each step, `end_frame()`. The first
+    frame after construction (or `forget_anchor`) is the anchor: it attends plainly and its K/V
+    are kept for the whole shot. A frame whose previous frame is the anchor appends the anchor's
+    K/V once. The `omega` mix needs frame-local and cross-frame predictions in one model call:
+    set `local_rows` to the number of leading batch rows that attend frame-locally (0: all rows
+    are cross-frame); only the cross-frame rows are recorded. The cache holds the anchor's K/V
+    and about one more frame's, whatever the shot length.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._anchor: dict[tuple[str, int], KV] | None = None
+        self.local_rows = 0
+
+    @property
+    def has_anchor(self) -> bool:
+        """Whether the anchor has been generated: frames now attend to other frames."""
+        return self._anchor is not None
+
+    def begin_frame(self, steps: int) -> None:
+        self._begin(steps)
+        self.local_rows = 0
+
+    def end_frame(self) -> None:
+        if self._anchor is None and self._in_frame:
+            self._anchor, self._current = self._current, {}  # the next frame's previous is the anchor
+        super().end_frame()
+
+    def forget_anchor(self) -> None:
+        """Start over: the next frame becomes the anchor."""
+        self._anchor = None
+        self.reset()
+
+    def _stores(self) -> list[dict[tuple[str, int], KV]]:
+        return [*super()._stores(), *([self._anchor] if self._anchor is not None else [])]
+
+    def _extend(self, name: str, key: torch.Tensor, value: torch.Tensor) -> Extension | None:
+        step = self._step
+        if step is None:
+            return None
+        rows = self.local_rows
+        if not 0 <= rows < key.shape[0]:
+            raise ValueError(f"local_rows must leave cross-frame rows of the batch of {key.shape[0]}, but is {rows}")
+        own = (key[rows:], value[rows:])
+        self._current[(name, step)] = own
+        others = [store[(name, step)] for store in (self._anchor, self._previous)
+                  if store is not None and (name, step) in store]
+        if not others:
+            return None
+        kept = [_rows_of(kv, own[0].shape[0]) for kv in others]
+        extra_key = torch.cat([k for k, _ in kept], dim=1).to(key.dtype)
+        extra_value = torch.cat([v for _, v in kept], dim=1).to(value.dtype)
+        return Extension(extra_key, extra_value, rows)
+
+
+class _ExtendedAttnProcessor:
+    """diffusers' `AttnProcessor2_0`, with self-attention's keys and values extended by its owner."""
+
+    def __init__(self, owner: CachedFrameAttention, name: str) -> None:
         self.owner = owner
         self.name = name
 
@@ -216,33 +326,19 @@ class _IFAProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
 
-        if self_attention:
-            extra = self.owner._extend(self.name, key, value)
-            if extra is not None:
-                key = torch.cat([key, extra[0]], dim=1)
-                value = torch.cat([value, extra[1]], dim=1)
-                if attention_mask is not None:  # the appended tokens are visible to every query
-                    fill = True if attention_mask.dtype == torch.bool else 0.0
-                    attention_mask = F.pad(attention_mask, (0, extra[0].shape[1]), value=fill)
-
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
+        extension = self.owner._extend(self.name, key, value) if self_attention else None
+        if extension is None:
+            hidden_states = _attend(attn, query, key, value, attention_mask)
+        elif extension.rows == 0:
+            hidden_states = _attend(attn, query, *_appended(key, value, attention_mask, extension))
+        else:  # leading rows frame-local, the rest cross-frame: one model call for both predictions
+            r = extension.rows
+            local_mask = attention_mask[:r] if attention_mask is not None else None
+            cross_mask = attention_mask[r:] if attention_mask is not None else None
+            hidden_states = torch.cat([
+                _attend(attn, query[:r], key[:r], value[:r], local_mask),
+                _attend(attn, query[r:], *_appended(key[r:], value[r:], cross_mask, extension)),
+            ])
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -256,3 +352,32 @@ class _IFAProcessor:
         hidden_states = hidden_states / attn.rescale_output_factor
 
         return hidden_states
+
+
+def _appended(
+    key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, extension: Extension
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys and values with the extension's appended, and the mask widened so every query sees them."""
+    if mask is not None:
+        fill = True if mask.dtype == torch.bool else 0.0
+        mask = F.pad(mask, (0, extension.key.shape[1]), value=fill)
+    return torch.cat([key, extension.key], dim=1), torch.cat([value, extension.value], dim=1), mask
+
+
+def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`AttnProcessor2_0`'s multi-head scaled dot-product attention on (B, L, C) projections."""
+    batch_size = query.shape[0]
+    head_dim = key.shape[-1] // attn.heads
+
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+
+    hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+    return hidden_states.to(query.dtype)
