@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,3 +60,23 @@ class InversionCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.folder / f"{key}.safetensors", ".safetensors") as tmp:
             save_file({f"level{i}": t.contiguous().cpu() for i, t in enumerate(levels)}, tmp)
+
+
+def invert_cached(cache: InversionCache, model: Any, embeddings: Any, images: np.ndarray, z0: Any, steps: int, k: int,
+                  on_step: Callable[[int, int], None]) -> list[list[Any]]:
+    """Per frame of `images` (model-space pixels, encoded to `z0`), its latents after DDIM
+    inversion steps 1..k with `embeddings` (the empty prompt: keys assume it): from the cache,
+    else inverted together and saved."""
+    from .inversion import ddim_invert, unet_eps
+
+    keys = [cache.key(img, model, steps, k) for img in images]
+    found = [cache.load(key, model.device) for key in keys]
+    todo = [i for i, f in enumerate(found) if f is None]
+    if todo:
+        levels = ddim_invert(unet_eps(model.unet, embeddings), model.scheduler, z0[todo], steps, k, on_step)
+        for j, i in enumerate(todo):
+            # the UNet may hand back channels-last memory; a cache hit is plain contiguous memory,
+            # and convolutions round differently on the two: one layout makes both paths agree
+            found[i] = [level[j : j + 1].contiguous() for level in levels]
+            cache.save(keys[i], found[i])
+    return [f for f in found if f is not None]

@@ -139,20 +139,9 @@ class Harmonizer:
 
     def invert(self, images: np.ndarray, z0: Any, on_step: StepFn) -> list[list[Any]]:
         """Per frame, its latents after inversion steps 1..k: from the cache, else batched."""
-        from ..core.inversion import ddim_invert, unet_eps
+        from ..core.inversion_cache import invert_cached
 
-        keys = [self.cache.key(img, self.model, self.steps, self.k) for img in images]
-        found = [self.cache.load(key, self.model.device) for key in keys]
-        todo = [i for i, f in enumerate(found) if f is None]
-        if todo:
-            levels = ddim_invert(unet_eps(self.model.unet, self.uncond_empty), self.model.scheduler,
-                                 z0[todo], self.steps, self.k, on_step)
-            for j, i in enumerate(todo):
-                # the UNet may hand back channels-last memory; a cache hit is plain contiguous memory,
-                # and convolutions round differently on the two: one layout makes both paths agree
-                found[i] = [level[j : j + 1].contiguous() for level in levels]
-                self.cache.save(keys[i], found[i])
-        return [f for f in found if f is not None]
+        return invert_cached(self.cache, self.model, self.uncond_empty, images, z0, self.steps, self.k, on_step)
 
     def generate(self, start: Any, on_step: StepFn, guide: FrameGuide | None = None) -> Any:
         """Denoise `start` over the last k steps with classifier-free guidance.
