@@ -198,26 +198,15 @@ def frames_to_render(shot: Shot, todo: list[int], params: dict[str, Any], warmup
     gaps starts every run with attention state close to what a full run reaches there, and the
     seam does not jump. Where the frame before a run is rendered too, the run continues exactly
     as a full run does."""
-    if params["tau"] <= 0:
-        return list(todo)
-    frames = list(shot.frames)
-    wanted = set(todo)
-    order: list[int] = []
-    for index, frame in enumerate(frames):
-        if frame in wanted:
-            order += [f for f in frames[max(0, index - warmup) : index] if f not in order[-warmup:]] + [frame]
-    return order
+    from ..core.frame_order import with_warmup
 
-
-def _follows(shot: Shot, previous: int | None, frame: int) -> bool:
-    """Whether `frame` comes right after `previous` in the shot (IFA may carry over between them)."""
-    frames = list(shot.frames)
-    return previous is not None and frames.index(frame) == frames.index(previous) + 1
+    return with_warmup(list(shot.frames), todo, warmup) if params["tau"] > 0 else list(todo)
 
 
 def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[int, Image]]:
     import torch
 
+    from ..core.frame_order import follows
     from ..core.inversion_cache import InversionCache
     from ..core.latents import vae_scale_factor
     from ..core.mattes import latent_grid
@@ -240,7 +229,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
             z0, padding = h.encode(images)
             inverted = h.invert(images, z0, lambda i, n, f=chunk[0]: ctx.step(f, i, 2 * k))
             for j, frame in enumerate(chunk):
-                if not _follows(shot, previous, frame):  # a new run starts plain, as frame 1 does
+                if not follows(list(shot.frames), previous, frame):  # a new run starts plain, as frame 1 does
                     h.ifa.reset()
                 previous = frame
                 lay = layers[j]
