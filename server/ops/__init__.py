@@ -7,9 +7,9 @@ from .base import OpSpec
 
 
 def _load() -> dict[str, OpSpec]:
-    from . import colormatch, harmonize, propagate, smooth
+    from . import colormatch, harmonize, propagate, restyle, smooth
 
-    return {op.name: op for op in (colormatch.OP, harmonize.OP, propagate.OP, smooth.OP)}
+    return {op.name: op for op in (colormatch.OP, harmonize.OP, restyle.OP, propagate.OP, smooth.OP)}
 
 
 _OPS: dict[str, OpSpec] | None = None
