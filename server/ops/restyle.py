@@ -31,6 +31,11 @@ resumed job renders the anchor (discarded) first, then `warmup` frames before ea
 frames; where that warm-up reaches back to the frame after the anchor, the chunk renders exactly
 what a full render does. Every frame is encoded, generated and decoded alone, so no batch size
 differs between the two.
+
+**Memory.** The cross-frame cache holds the anchor's keys and values and about one more frame's,
+whatever the shot length. At `strength < 1` the frames are inverted first, with the plain UNet
+(before an IP-Adapter changes it, and as the inversion cache's keys assume), and their start
+latents wait on the CPU: 64 KiB per 512x512 frame.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from .layers import RGB, Layers, _matte_name, _require_rgb, feathered, over_plat
 from .structure import DEPTH_KINDS, ShotDepth, depth_channel, loosened, to_inverse
 
 StepFn = Callable[[int, int], None]
+#: A ControlNet's residuals add to the UNet's blocks: these must agree for it to fit.
+PAIRED = ("in_channels", "block_out_channels", "cross_attention_dim", "layers_per_block")
 #: Frames before a chunk rendered and discarded (besides the anchor): see BENCHMARKS.md, restyle.
 WARMUP = 2
 
@@ -125,6 +132,17 @@ def is_builtin(name: str) -> bool:
     return name in builtin_entries()
 
 
+def paired_model(ctx: OpContext, params: dict[str, Any], kind: str, model: Any) -> Any:
+    """The `kind` model the job names, or the default; a built-in tiny one is never paired silently with
+    a real Stable Diffusion model (it would not fit it: the artist has not configured one)."""
+    paired = ctx.model(params[kind], kind)
+    if not params[kind] and is_builtin(paired.name) and not is_builtin(model.name):
+        label = {"controlnet": "depth ControlNet", "ip_adapter": "IP-Adapter"}[kind]
+        raise InputError(f"no {label} is configured for Stable Diffusion model {model.name!r}: add the {label} of "
+                         f"that model's family (kind = \"{kind}\") to the server's models file or name one in {kind}")
+    return paired
+
+
 def control_image(depth: np.ndarray, params: dict[str, Any], padding: Any, device: Any, dtype: Any) -> Any:
     """The ControlNet's (1, 3, H, W) conditioning image in [0, 1]: the loosened depth as grey,
     padded like the plate (edge replication, bottom and right) so it lines up with the latents."""
@@ -148,10 +166,12 @@ class Restyler:
         from ..core.attention import CrossFrameAttention
         from ..core.latents import vae_scale_factor
 
-        if controlnet.downscale != vae_scale_factor(model.vae) or \
-                controlnet.model.config.in_channels != model.unet.config.in_channels:
+        fits = (controlnet.downscale == vae_scale_factor(model.vae)
+                and all(controlnet.model.config[key] == model.unet.config[key] for key in PAIRED))
+        if not fits:
             raise InputError(f"ControlNet {controlnet.name!r} was not made for Stable Diffusion model {model.name!r} "
-                             "(their latents differ); pick the depth ControlNet of that model's family")
+                             "(their layers differ); configure the depth ControlNet of that model's family "
+                             "(kind = \"controlnet\") in the server's models file and name it in controlnet")
         self.model, self.controlnet, self.params = model, controlnet, params
         self.steps = params["steps"]
         self.k = generation_steps(params)
@@ -276,7 +296,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
     from ..core.models import ip_adapter
 
     model = ctx.model(params["model"], "sd")
-    controlnet = ctx.model(params["controlnet"], "controlnet")
+    controlnet = paired_model(ctx, params, "controlnet", model)
     color = ModelColor(ctx.colorspace, params["highlights"])
     frames = list(shot.frames)
     order = frames_to_render(shot, ctx.todo, params, ctx.warmup)
@@ -298,9 +318,9 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
                 _, image, _ = plate(frame)
                 z0, _ = encode(model.vae, image.to(model.device, model.dtype))
                 starts[frame] = invert_cached(cache, model, r.uncond_empty, image.numpy(), z0, r.steps, r.k,
-                                              lambda i, n, f=frame: ctx.step(f, i, steps_per_frame))[0][-1]
+                                              lambda i, n, f=frame: ctx.step(f, i, steps_per_frame))[0][-1].cpu()
         if shot.has("reference"):
-            adapter = ctx.model(params["ip_adapter"], "ip_adapter")
+            adapter = paired_model(ctx, params, "ip_adapter", model)
             applied = stack.enter_context(ip_adapter.applied(model, adapter, params["reference_scale"]))
             r.image_embeds = applied.image_embeds(reference_image(shot, frames[0], color), params["guidance"] > 1)
         if r.xfa is not None:  # after the adapter: its loader rebuilds every processor (METHODS.md 1.4)
@@ -323,7 +343,7 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
                                  f"{size[1]}x{size[0]}; give depth at the plate's size")
             control = control_image(inverse, params, padding, model.device, model.dtype)
             if frame in starts:
-                start = starts.pop(frame)
+                start = starts.pop(frame).to(model.device)
             else:
                 latent = (1, model.unet.config.in_channels, *(s // controlnet.downscale for s in control.shape[-2:]))
                 start = r.noise(latent, ctx.seed)
