@@ -168,3 +168,24 @@ def test_it_runs_with_the_tiny_sd_in_diffusers_controlnet_pipeline(builtin: Cont
     assert latents.shape == (1, 4, 4, 4) and torch.isfinite(latents).all()
     assert torch.equal(latents, run(1.0))
     assert not torch.allclose(latents, run(0.0), atol=1e-4)
+
+
+def test_the_tiny_follows_its_control_image(builtin: ControlNet) -> None:
+    """A blank and a square control image must move the tiny SD's prediction visibly, or tests of
+    ops that follow depth would pass whatever depth they were given."""
+    sd = load(ModelRegistry.load().entry("tiny"))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    prompt = sd.encode_prompt(["a house"])
+    blank = torch.zeros(1, 3, 64, 64)
+    square = blank.clone()
+    square[..., 16:48, 16:48] = 1.0
+
+    def prediction(control: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            down, mid = builtin.model(latents, 500, encoder_hidden_states=prompt, controlnet_cond=control,
+                                      return_dict=False)
+            return sd.unet(latents, 500, encoder_hidden_states=prompt, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid).sample
+
+    blank_out, square_out = prediction(blank), prediction(square)
+    assert (blank_out - square_out).abs().max() > 0.05 * blank_out.abs().mean()

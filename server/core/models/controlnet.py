@@ -54,6 +54,7 @@ def model_class(path: Path) -> str | None:
 
 class ControlNetKind(Kind):
     name = "controlnet"
+    tiny_version = "2"
     label = "ControlNet"
     expected = f"a diffusers ControlNet folder with {CONFIG} and {WEIGHTS}"
 
@@ -101,7 +102,10 @@ def tiny_parts(sd_folder: Path) -> ControlNetModel:
 
     `from_unet` copies the UNet's encoder and zeroes the layers that feed the UNet (a trained
     ControlNet's starting point), so it would change nothing; random weights there make the
-    tiny one's effect visible, which is what tests need to prove it is wired in.
+    tiny one's effect visible, which is what tests need to prove it is wired in. The conditioning
+    embedding's own layers are re-initialised for ReLU (He): with PyTorch's default initialisation
+    the control image's signal shrank about 4x per layer, and the tiny ControlNet all but ignored
+    the depth it was given (a blank vs a square control image moved its prediction by 1e-5).
     """
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
@@ -112,10 +116,13 @@ def tiny_parts(sd_folder: Path) -> ControlNetModel:
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS)
     zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
               controlnet.controlnet_cond_embedding.conv_out]
+    embedding = controlnet.controlnet_cond_embedding
     with torch.no_grad():
         for layer in zeroed:
             for tensor in layer.parameters():
                 tensor.copy_(torch.randn(tensor.shape) * 0.1)
+        for layer in [embedding.conv_in, *embedding.blocks]:
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
     return controlnet.eval()
 
 
