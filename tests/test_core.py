@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from cvgen.server.core.attention import (
+    CrossFrameAttention,
     InterFrameAttention,
     self_attention_layers,
     self_attention_processors,
@@ -27,6 +28,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 
 #: Stable Diffusion 1.x/2.x's DDIM configuration (the tiny model's too).
 SD_DDIM = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -552,3 +554,133 @@ def test_strength_gives_diffusers_img2img_step_count(scheduler) -> None:
                 disagree.append((steps, strength))
     print(f"{len(disagree)} (steps, strength) pairs disagree with diffusers: {disagree[:5]}")
     assert disagree == []
+
+
+# -- restyle's cross-frame attention (CrossFrameAttention) -------------------------------------
+
+def _xfa_frame(unet, xfa: CrossFrameAttention, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
+               local_rows: int = 0, **kwargs) -> torch.Tensor:
+    """One frame of one step (of two) through `unet` with `xfa` installed."""
+    xfa.begin_frame(2)
+    xfa.local_rows = local_rows
+    xfa.set_step(0)
+    out = unet(z, t, encoder_hidden_states=emb, return_dict=False, **kwargs)[0]
+    xfa.end_frame()
+    return out
+
+
+@torch.no_grad()
+def test_cross_frame_anchor_attends_plainly(unet) -> None:
+    """The shot's first frame is generated exactly as without restyle's attention."""
+    assert all(isinstance(unet.attn_processors[name], AttnProcessor2_0) for name in self_attention_layers(unet))
+    z, later, t = _randn(2, 4, 8, 8, seed=50), _randn(2, 4, 8, 8, seed=51), torch.tensor(601)
+    emb = torch.cat([_embeddings(52), _embeddings(53)])
+    xfa = CrossFrameAttention()
+    with self_attention_processors(unet, xfa.processor):
+        anchor = _xfa_frame(unet, xfa, z, t, emb)
+        assert xfa.has_anchor
+        second = _xfa_frame(unet, xfa, later, t, emb)
+    assert torch.equal(anchor, unet(z, t, encoder_hidden_states=emb, return_dict=False)[0])
+    assert (second - unet(later, t, encoder_hidden_states=emb, return_dict=False)[0]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_cross_frame_cache_holds_the_anchor_and_about_one_frame(unet) -> None:
+    """However long the shot, the K/V held stay those of the anchor and one more frame."""
+    z, t, emb, steps = _randn(1, 4, 4, 4, seed=54), torch.tensor(401), _embeddings(55), 2
+    xfa = CrossFrameAttention()
+    after, peak = [], []
+    with self_attention_processors(unet, xfa.processor):
+        for frame in range(21):
+            xfa.begin_frame(steps)
+            for step in range(steps):
+                xfa.set_step(step)
+                unet(z + 0.01 * frame, t, encoder_hidden_states=emb, return_dict=False)
+            peak.append(xfa.cache_bytes)
+            xfa.end_frame()
+            after.append(xfa.cache_bytes)
+    one_frame = after[0]  # the anchor alone
+    print(f"K/V held: anchor {one_frame} B, after frame 3 {after[3]} B, after frame 20 {after[20]} B, "
+          f"peak in frame 20 {peak[20]} B")
+    assert one_frame > 0
+    assert after[3] == after[20] == 2 * one_frame
+    assert peak[3] == peak[20] <= 2 * one_frame + one_frame // steps + 1
+
+
+@torch.no_grad()
+def test_cross_frame_local_rows_are_a_frame_local_call(unet) -> None:
+    """One batched call [frame-local rows, cross-frame rows] gives what two separate calls give
+    (omega's two predictions), and records only the cross-frame rows."""
+    anchor, z, t = _randn(2, 4, 8, 8, seed=56), _randn(2, 4, 8, 8, seed=57), torch.tensor(501)
+    emb = torch.cat([_embeddings(58), _embeddings(59)])  # [uncond, cond]
+
+    def after_anchor(latents: torch.Tensor, embeddings: torch.Tensor, local_rows: int) -> tuple[torch.Tensor, int]:
+        xfa = CrossFrameAttention()
+        with self_attention_processors(unet, xfa.processor):
+            _xfa_frame(unet, xfa, anchor, t, emb)
+            out = _xfa_frame(unet, xfa, latents, t, embeddings, local_rows)
+        return out, xfa.cache_bytes
+
+    mixed, mixed_bytes = after_anchor(torch.cat([z, z]), torch.cat([emb, emb]), 2)
+    cross, cross_bytes = after_anchor(z, emb, 0)
+    local = unet(z, t, encoder_hidden_states=emb, return_dict=False)[0]
+    local_diff, cross_diff = (mixed[:2] - local).abs().max().item(), (mixed[2:] - cross).abs().max().item()
+    print(f"batched vs separate calls: frame-local rows {local_diff:.3g}, cross-frame rows {cross_diff:.3g}")
+    assert local_diff <= 1e-5 and cross_diff <= 1e-5  # float32 rounding: the batch size differs
+    assert (cross - local).abs().max() > 1e-4
+    assert mixed_bytes == cross_bytes
+
+
+@torch.no_grad()
+def test_cross_frame_reset_keeps_the_anchor_and_forget_anchor_drops_it(unet) -> None:
+    a, b, c = (_randn(1, 4, 8, 8, seed=seed) for seed in (60, 61, 62))
+    t = torch.tensor(301)
+    emb = _embeddings(63)
+    xfa = CrossFrameAttention()
+    with self_attention_processors(unet, xfa.processor):
+        _xfa_frame(unet, xfa, a, t, emb)
+        anchor_bytes = xfa.cache_bytes
+        right_after_anchor = _xfa_frame(unet, xfa, c, t, emb)
+        _xfa_frame(unet, xfa, b, t, emb)
+        xfa.reset()  # a farm chunk's new run: the anchor stays, the previous frame goes
+        assert xfa.has_anchor and xfa.cache_bytes == anchor_bytes
+        after_reset = _xfa_frame(unet, xfa, c, t, emb)
+        xfa.forget_anchor()
+        assert not xfa.has_anchor and xfa.cache_bytes == 0
+        new_anchor = _xfa_frame(unet, xfa, c, t, emb)
+        assert xfa.has_anchor
+    plain = unet(c, t, encoder_hidden_states=emb, return_dict=False)[0]
+    assert torch.equal(after_reset, right_after_anchor)
+    assert (after_reset - plain).abs().max() > 1e-4
+    assert torch.equal(new_anchor, plain)
+
+
+@torch.no_grad()
+def test_cross_frame_attention_leaves_an_ip_adapters_processors_in_place() -> None:
+    """With a reference, the IP-Adapter's cross-attention processors keep working under ours."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from cvgen.server.core.models import ModelCache, ModelRegistry
+    from cvgen.server.core.models.ip_adapter import applied
+
+    models = ModelCache(ModelRegistry.load())
+    sd, adapter = models.get("tiny"), models.get("tiny-ip-adapter", "ip_adapter")
+    z, t = _randn(2, 4, 8, 8, seed=64), torch.tensor(401)
+    emb = torch.cat([_embeddings(65), _embeddings(66)])
+    reference = PILImage.fromarray(np.random.default_rng(67).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with applied(sd, adapter, 1.0) as active:
+        added = {"image_embeds": active.image_embeds(reference, True)}
+        before = dict(sd.unet.attn_processors)
+        with_adapter = sd.unet(z, t, encoder_hidden_states=emb, added_cond_kwargs=added, return_dict=False)[0]
+        xfa = CrossFrameAttention()
+        with self_attention_processors(sd.unet, xfa.processor):
+            during = sd.unet.attn_processors
+            cross = [name for name in during if name.endswith("attn2.processor")]
+            assert cross and all(isinstance(during[name], IPAdapterAttnProcessor2_0) and during[name] is before[name]
+                                 for name in cross)
+            assert all(getattr(during[name], "owner", None) is xfa for name in self_attention_layers(sd.unet))
+            anchor = _xfa_frame(sd.unet, xfa, z, t, emb, added_cond_kwargs=added)
+        assert all(proc is before[name] for name, proc in sd.unet.attn_processors.items())
+    assert torch.equal(anchor, with_adapter)
+    assert (with_adapter - sd.unet(z, t, encoder_hidden_states=emb, return_dict=False)[0]).abs().max() > 1e-4
