@@ -295,12 +295,12 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
     from ..core.latents import encode, pad_to_multiple, vae_scale_factor
     from ..core.models import ip_adapter
 
+    color = ModelColor(ctx.colorspace, params["highlights"])
+    depth = shot_depth(shot, params, ctx, color)  # first: a shot without depth is refused before models load
     model = ctx.model(params["model"], "sd")
     controlnet = paired_model(ctx, params, "controlnet", model)
-    color = ModelColor(ctx.colorspace, params["highlights"])
     frames = list(shot.frames)
     order = frames_to_render(shot, ctx.todo, params, ctx.warmup)
-    depth = shot_depth(shot, params, ctx, color)
     r = Restyler(model, controlnet, params)
     steps_per_frame = r.k if r.k == r.steps else 2 * r.k
 
