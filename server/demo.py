@@ -27,10 +27,12 @@ from .io.preview import contact_sheet
 from .io.video import read_video
 
 FIRST_FRAME = 1001
-OPS = ("colormatch", "harmonize", "smooth", "propagate")
+OPS = ("colormatch", "harmonize", "smooth", "propagate", "restyle")
 #: harmonize, smooth (on harmonize's result) and propagate run on the first frames only: diffusion on
 #: the CPU takes seconds per frame.
 HARMONIZE_FRAMES = 6
+#: restyle runs a ControlNet beside the UNet and attends across frames at the full 512 x 512: fewer frames still.
+RESTYLE_FRAMES = 3
 SAMPLE_CLIP = Path("shared") / "data" / "video" / "woman-running.mp4"
 
 
@@ -108,6 +110,13 @@ def edit_matte(inputs: dict[str, str], folder: Path, count: int) -> str:
     return template
 
 
+def style_frame(inputs: dict[str, str], folder: Path) -> str:
+    """The reference restyle takes its look from: the first foreground frame, as one RGB EXR (a style frame)."""
+    fg = read_exr(frame_path(inputs["fg"], FIRST_FRAME))
+    write_exr(folder / "style.exr", Image(fg.stack(("R", "G", "B")).astype(np.float16), ("R", "G", "B")))
+    return str(folder / "style.exr")
+
+
 def start_server(jobs_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*", "--jobs-dir", str(jobs_dir)],
@@ -164,10 +173,16 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
             edited = {"plate": inputs["plate"], "edit": paint_edit(inputs, out / "inputs"),
                       "matte": edit_matte(inputs, out / "inputs", min(count, HARMONIZE_FRAMES))}
             render(client, "propagate", edited, min(count, HARMONIZE_FRAMES), out, {"steps": 10})
+            # restyle: the plate from a prompt and a style frame, inside the fg's matte; the demo has no depth
+            # pass, so depth comes from the built-in depth model
+            restyled = {"plate": inputs["plate"], "matte": inputs["fg"],
+                        "reference": style_frame(inputs, out / "inputs")}
+            render(client, "restyle", restyled, min(count, RESTYLE_FRAMES), out,
+                   {"prompt": "an oil painting of a woman running by a river", "depth_model": "tiny-depth", "steps": 2})
     finally:
         stop_server(proc)
     rows = []
-    for i in np.linspace(0, min(count, HARMONIZE_FRAMES) - 1, num=min(3, count)).astype(int):
+    for i in np.linspace(0, min(count, RESTYLE_FRAMES) - 1, num=min(3, count)).astype(int):
         frame = FIRST_FRAME + int(i)
         plate = read_exr(frame_path(inputs["plate"], frame))
         fg = read_exr(frame_path(inputs["fg"], frame))
@@ -184,3 +199,7 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
         print("note: propagate ran on the built-in `tiny-svd` model, random weights too: it shows the windows, "
               "the matte and the colour handling work, not what a propagated edit looks like. Real results need "
               "Stable Video Diffusion img2vid (see README, 'propagate').")
+        print("note: restyle ran on `tiny` with the built-in `tiny-controlnet`, `tiny-ip-adapter` and `tiny-depth`, "
+              "random weights too: it shows depth, the reference, cross-frame attention and the matte reach the "
+              "result, not what a restyled shot looks like. Real results need real models: Stable Diffusion 1.5, "
+              "its depth ControlNet, an IP-Adapter and Depth Anything (see README, 'restyle').")

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from cvgen.protocol.client import Client
-from cvgen.server.io.exr import read_exr
+from cvgen.protocol.images import Image
+from cvgen.server.io.exr import read_exr, write_exr
 from support import ServerProcess, make_shot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def test_render_adds_the_result_strip_and_a_rerender_replaces_it(
     result = run_scenario(tmp_path, "render", {**shot_args, "renders": 2, "params": {"strength": 0.5}})
 
     assert result["connection"] == "CONNECTED"
-    assert result["ops"] == ["colormatch", "harmonize", "propagate", "smooth"]
+    assert result["ops"] == ["colormatch", "harmonize", "restyle", "propagate", "smooth"]
     assert result["params"]["strength"] == ["float", 0.5], "the artist's value survives the schema refresh"
     assert result["params"]["temporal"] == ["float", 3.0], "the other parameters take the server's defaults"
     first, second = result["renders"]
@@ -564,3 +565,35 @@ def test_an_op_the_addon_has_never_seen_gets_its_roles_and_ranges_from_hello(
     assert result["out_of_range"]["result"] == "error"
     assert result["out_of_range"]["error"] == "Error: Count must be between 1 and 8; it is 99\n"
     assert len(list((tmp_path / "jobs").iterdir())) == 2, "the refused job never reached the server"
+
+
+def test_restyle_with_a_reference_image_file_renders_the_plate_strip_through_the_server(
+    blender_python: Path, tmp_path: Path, server: ServerProcess, shot_args: dict[str, Any]
+) -> None:
+    """An artist picks restyle, the plate strip, a style frame on disk as the Reference (Image File),
+    the built-in tiny depth model (a layout has no depth strip here) and 2 steps, and renders."""
+    style = tmp_path / "footage" / "style.exr"
+    rng = np.random.default_rng(1)
+    write_exr(style, Image(rng.uniform(0.0, 1.5, (40, 40, 3)).astype(np.float16), ("R", "G", "B")))
+    params = {"depth_model": "tiny-depth", "steps": 2, "prompt": "a watercolour painting"}
+    result = run_scenario(tmp_path, "restyle", {**shot_args, "op": "restyle", "reference": str(style),
+                                                "params": params})
+
+    assert result["result"] == "FINISHED", result
+    assert {k: result["params"][k] for k in params} == params, "the artist's values survive the schema refresh"
+    project = tmp_path / "project"
+    assert_result_strip(result["strip"], result["job"], project, channel=3)
+    spec = json.loads((tmp_path / "jobs" / result["job"] / "spec.json").read_text())
+    assert spec["op"] == "restyle"
+    assert spec["inputs"] == {"plate": shot_args["shot"]["plate"], "reference": str(style)}, \
+        "the plate strip goes by path, the EXR style frame as the one file of the image role"
+    assert {k: spec["params"][k] for k in params} == params
+    with Client(server.endpoint) as client:
+        status = client.status(result["job"])
+    assert status["state"] == "done" and status["done"] == 4
+    for frame, path in zip(range(FRAMES[0], FRAMES[1] + 1), result["strip"]["files"]):
+        image = read_exr(path)
+        plate = read_exr(shot_args["shot"]["plate"].replace("####", str(frame)))
+        assert image.attributes["cvgen:op"] == "restyle" and image.data_window == plate.data_window
+        rgb = image.stack(("R", "G", "B"))
+        assert np.isfinite(rgb).all() and not np.array_equal(rgb, plate.stack(("R", "G", "B"))), "restyled"

@@ -45,6 +45,13 @@ def test_demo_runs_through_a_real_server_and_writes_exrs_and_a_preview(tmp_path)
     assert result_frame.channels == plate.channels and result_frame.pixels.shape == plate.pixels.shape
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(out / "preview.png") in result.stdout
+    restyled = sorted((out / "restyle").glob("demo.*.exr"))
+    assert [p.name for p in restyled] == ["demo.1001.exr", "demo.1002.exr", "demo.1003.exr"]
+    outside = read_exr(out / "inputs" / "fg.1001.exr").channel("A") == 0
+    rgb, plate_rgb = read_exr(restyled[0]).stack(("R", "G", "B")), plate.stack(("R", "G", "B"))
+    assert outside.any() and np.array_equal(rgb[outside], plate_rgb[outside]), "restyled inside the fg's matte only"
+    assert not np.array_equal(rgb[~outside], plate_rgb[~outside])
+    assert "Depth Anything" in result.stdout, "the note says what real restyle results need"
 
 
 def test_protocol_package_needs_only_pyzmq_msgpack_and_numpy(server):

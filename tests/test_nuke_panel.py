@@ -56,7 +56,7 @@ def test_fixed_knobs_come_first_then_parameters_then_the_farm_tab(info):
     specs = by_name(knobs.panel(info, project=(1, 50), environ={"CVGEN_SERVER": "tcp://farm:5555"}))
     assert specs[knobs.SERVER].default == "tcp://farm:5555"
     assert (specs[knobs.FIRST].default, specs[knobs.LAST].default) == (1, 50)
-    assert specs[knobs.OP].choices == ("colormatch", "harmonize", "propagate", "smooth")
+    assert specs[knobs.OP].choices == ("colormatch", "harmonize", "restyle", "propagate", "smooth")
     assert specs[knobs.OP].default == "colormatch"
     assert specs[knobs.COLORSPACE].choices == ("ACEScg", DEFAULT_COLORSPACE)
     assert specs[knobs.COLORSPACE].default == DEFAULT_COLORSPACE

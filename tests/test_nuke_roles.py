@@ -25,6 +25,7 @@ from cvgen_nuke.schema import ServerInfo, from_hello  # noqa: E402
 from cvgen.protocol import Image, frame_path  # noqa: E402
 from cvgen.protocol.schema import parse_op  # noqa: E402
 from cvgen.server import ops  # noqa: E402
+from cvgen.server.core.models import ModelCache, ModelRegistry  # noqa: E402
 from cvgen.server.intake import Submission as ServerSubmission, admit  # noqa: E402
 from cvgen.server.io.exr import read_exr, write_exr  # noqa: E402
 from cvgen.server.jobs.runner import run_job  # noqa: E402
@@ -183,6 +184,46 @@ def test_the_server_runs_the_nodes_job_by_paths_and_inline(tmp_path, server_stil
     assert run_job(admission.record.spec, tmp_path / "inline") == [1001, 1002, 1003]
     assert np.allclose(read_exr(tmp_path / "inline" / output_name(sub.job, 1002)).channel("R"),
                        read_exr(Path(plan.job.output or "") / output_name(plan.job, 1002)).channel("R"))
+
+
+#: restyle as a real server describes it: a plate sequence and a Reference image among its roles.
+RESTYLE = from_hello({"ops": [ops.get_op("restyle").schema()]})
+
+
+def test_the_nodes_restyle_job_sends_its_reference_as_one_frame_and_the_server_renders_it(tmp_path):
+    """The node on a remote server: the plate travels as every frame, the Reference (a frame of the
+    foreground clip) as the one frame chosen; the server's intake stores it and its runner restyles."""
+    shot = make_shot(tmp_path / "shot", range(FRAMES[0], FRAMES[1] + 1))
+    v = {s.name: s.default for s in knobs.panel(RESTYLE) if s.kind in knobs.VALUE_KINDS}
+    v.update({knobs.OP: "restyle", knobs.SERVER: "tcp://10.1.2.3:5555", "frame__reference": "1002",
+              "text__depth_model": "tiny-depth", "restyle__steps": 2, "text__prompt": "a watercolour"})
+    plan = jobbuild.plan_render(v, RESTYLE, ["plate", "reference"], FRAMES, f"{tmp_path}/out/v001", "sh010")
+    assert plan.image_frames == {"reference": 1002}
+    assert plan.job.inputs["reference"] == f"{tmp_path}/out/v001/inputs/reference.exr"
+    assert inputs.write_channels(RESTYLE.op("restyle"), "reference") == "rgb"
+    paths.make_folders(plan.job.inputs.values())
+    for f in plan.job.frame_numbers:
+        write_exr(frame_path(plan.job.inputs["plate"], f), read_exr(frame_path(shot["plate"], f)), dtype="half")
+    style = read_exr(frame_path(shot["fg"], 1002))
+    write_exr(plan.job.inputs["reference"], Image(style.stack(("R", "G", "B")), ("R", "G", "B")), dtype="half")
+
+    sub = jobbuild.submission(plan, {"jobs_dir": "/nowhere"})
+    inline = transfer.load_inline(sub.inline_inputs, sub.job.frame_numbers, sub.image_frames)
+    assert sorted(inline["reference"]) == [1002] and sorted(inline["plate"]) == [1001, 1002, 1003]
+    admission = admit(JobStore(tmp_path / "jobs"), ServerSubmission(b"", None, sub.job, inline, False))  # type: ignore[arg-type]
+    assert admission.record is not None, admission.message
+    spec = admission.record.spec
+    stored = read_exr(spec.inputs["reference"])
+    assert np.array_equal(stored.stack(("R", "G", "B")), style.stack(("R", "G", "B"))), "the one frame, as sent"
+    assert [spec.params[k] for k in ("depth_model", "steps", "prompt")] == ["tiny-depth", 2, "a watercolour"]
+
+    out = tmp_path / "restyled"
+    assert run_job(spec, out, models=ModelCache(ModelRegistry.load())) == [1001, 1002, 1003]
+    for f in spec.frame_numbers:
+        result, plate = read_exr(out / output_name(spec, f)), read_exr(frame_path(shot["plate"], f))
+        assert result.attributes["cvgen:op"] == "restyle" and result.pixels.shape[:2] == plate.pixels.shape[:2]
+        rgb = result.stack(("R", "G", "B"))
+        assert np.isfinite(rgb).all() and not np.array_equal(rgb, plate.stack(("R", "G", "B")))
 
 
 def test_a_1_2_server_without_roles_still_gets_labelled_sequence_inputs(tmp_path):

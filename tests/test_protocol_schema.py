@@ -22,7 +22,7 @@ def test_a_real_servers_hello_parses_into_its_ops(server: ServerProcess) -> None
     with Client(server.endpoint, timeout=10) as client:
         hello = client.hello()
     ops = {op.name: op for op in parse_ops(hello)}
-    assert set(ops) == set(all_ops()) == {"colormatch", "harmonize", "propagate", "smooth"}
+    assert set(ops) == set(all_ops()) == {"colormatch", "harmonize", "propagate", "restyle", "smooth"}
     for name, op in all_ops().items():
         parsed = ops[name]
         assert (parsed.summary, parsed.inputs, parsed.optional_inputs) == (op.summary, op.inputs, op.optional_inputs)

@@ -468,6 +468,18 @@ def scenario_schema_roles(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scenario_restyle(args: dict[str, Any]) -> dict[str, Any]:
+    """restyle on the plate strip, with its Reference from an image file on disk (a style frame)."""
+    scene = setup_shot(args)
+    settings = scene.cvgen
+    bpy.ops.cvgen.connect()
+    reference = settings.input("reference")
+    reference.source, reference.filepath = "FILE", args["reference"]
+    out = run_render(scene)
+    out["params"] = {p.name: p.value for p in settings.params}
+    return out
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     name.removeprefix("scenario_"): fn for name, fn in globals().items() if name.startswith("scenario_")
 }
