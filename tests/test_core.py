@@ -539,7 +539,7 @@ def test_strength_gives_diffusers_img2img_step_count(scheduler) -> None:
     """Every (steps, strength) pair inverts and regenerates as many steps as diffusers' img2img runs."""
     from types import SimpleNamespace
 
-    from cvgen.server.ops.harmonize import inversion_depth
+    from cvgen.server.core.sampling import strength_steps
 
     strengths = [i / 100 for i in range(101)] + [0.55, 0.35, 0.45, 0.15, 0.85]
     disagree = []
@@ -550,7 +550,7 @@ def test_strength_gives_diffusers_img2img_step_count(scheduler) -> None:
             _, theirs = StableDiffusionImg2ImgPipeline.get_timesteps(pipe, steps, strength, "cpu")
             if theirs < 1:
                 continue
-            if inversion_depth({"steps": steps, "strength": strength}) != theirs:
+            if strength_steps({"steps": steps, "strength": strength}) != theirs:
                 disagree.append((steps, strength))
     print(f"{len(disagree)} (steps, strength) pairs disagree with diffusers: {disagree[:5]}")
     assert disagree == []

@@ -155,7 +155,7 @@ def test_bad_parameters_are_refused_before_work(models, tmp_path):
     with pytest.raises(ProtocolError, match="harmonize strength must be between 0 and 1; it is 1.5"):
         OP.resolve_params({"strength": 1.5})
     shot = make_shot(tmp_path / "shot", range(1, 2))
-    with pytest.raises(InputError, match="inverts no step"):
+    with pytest.raises(InputError, match="regenerates no step"):
         run_job(JobSpec("harmonize", (1, 1), shot, params={"strength": 0.01, "steps": 4}), tmp_path / "o",
                 models=models)
 

@@ -23,7 +23,8 @@ from cvgen.server.farm.model import farm_job
 from cvgen.server.io.exr import read_exr, write_exr
 from cvgen.server.jobs.runner import run_job
 from cvgen.server.ops.base import OpContext
-from cvgen.server.ops.propagate import OP, Propagator, inversion_depth, run
+from cvgen.server.core.sampling import strength_steps
+from cvgen.server.ops.propagate import OP, Propagator, run
 
 FAST = {"model": "tiny-svd", "steps": 4, "strength": 0.5}
 SIZE = (24, 40)  # a 5:3 plate: scaled to 14x24 inside the tiny model's 16x24, padded, cropped back
@@ -104,7 +105,7 @@ def test_inversion_then_sampling_returns_the_start_latent_with_an_analytic_model
         sigma = sched.sigmas[i]
         return (x0 - c_skip(sigma) * x) / c_out(sigma)
 
-    k = inversion_depth({"steps": 25, "strength": strength})
+    k = strength_steps({"steps": 25, "strength": strength})
     back = sample(v, invert(v, x0, sched, k, noise), sched, 25 - k)
     err = (back - x0).abs().max().item()
     print(f"round trip at strength {strength} ({k} steps): max error {err:.2g}")

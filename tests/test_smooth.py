@@ -276,5 +276,5 @@ def test_bad_parameters_are_refused_before_work(models, tmp_path):
     shot = plates_only(tmp_path / "shot", range(1, 3))
     with pytest.raises(InputError, match="overlap 3 is more than half the 4-frame window"):
         render(shot, tmp_path, models, "o", (1, 2), overlap=3)
-    with pytest.raises(InputError, match="inverts no step"):
+    with pytest.raises(InputError, match="regenerates no step"):
         render(shot, tmp_path, models, "s", (1, 2), strength=0.1)

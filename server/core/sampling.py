@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,18 @@ def steps_for(fraction: float, steps: int) -> int:
     fraction * steps) so float rounding agrees as well.
     """
     return min(int(steps * fraction), steps)
+
+
+def strength_steps(params: dict[str, Any]) -> int:
+    """k, the steps an op with `strength` and `steps` parameters inverts and regenerates
+    (`steps_for(strength, steps)`), refused when it is no step at all."""
+    from ..errors import InputError
+
+    k = steps_for(params["strength"], params["steps"])
+    if k < 1:
+        raise InputError(f"strength {params['strength']} of {params['steps']} steps regenerates no step at all; "
+                         f"raise strength to at least {1 / params['steps']:.3g} or use more steps")
+    return k
 
 
 def guided_eps(unet, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> EpsFn:

@@ -74,18 +74,6 @@ def _batch_size(device: Any) -> int:
     return 8 if getattr(device, "type", "cpu") == "cuda" else 2
 
 
-def inversion_depth(params: dict[str, Any]) -> int:
-    from ..core.sampling import steps_for
-
-    k = steps_for(params["strength"], params["steps"])
-    if k < 1:
-        raise InputError(
-            f"strength {params['strength']} of {params['steps']} steps inverts no step at all; "
-            f"raise strength to at least {1 / params['steps']:.3g} or use more steps"
-        )
-    return k
-
-
 # 1. Layers ------------------------------------------------------------------------------------
 
 
@@ -119,12 +107,13 @@ class Harmonizer:
 
     def __init__(self, model: Any, params: dict[str, Any], cache: Any) -> None:
         from ..core.attention import InterFrameAttention
+        from ..core.sampling import strength_steps
 
         self.model = model
         self.params = params
         self.cache = cache
         self.steps = params["steps"]
-        self.k = inversion_depth(params)
+        self.k = strength_steps(params)
         self.uncond_empty = model.encode_prompt([""])
         self.cond = model.encode_prompt([params["prompt"]])
         self.uncond = model.encode_prompt([params["negative_prompt"]])

@@ -87,16 +87,6 @@ PARAMS = (
 )
 
 
-def inversion_depth(params: dict[str, Any]) -> int:
-    from ..core.sampling import steps_for
-
-    k = steps_for(params["strength"], params["steps"])
-    if k < 1:
-        raise InputError(f"strength {params['strength']} of {params['steps']} steps regenerates no step at all; "
-                         f"raise strength to at least {1 / params['steps']:.3g} or use more steps")
-    return k
-
-
 # Frames in and out -------------------------------------------------------------------------------
 
 
@@ -127,10 +117,11 @@ class Propagator:
         import torch
 
         from ..core.euler import schedule
+        from ..core.sampling import strength_steps
 
         self.model = model
         self.params = params
-        self.k = inversion_depth(params)
+        self.k = strength_steps(params)
         self.schedule = schedule(model.scheduler, params["steps"])
         self.scale = model.vae.config.scaling_factor
         self.time_ids = torch.tensor([[params["fps"] - 1, params["motion_bucket"], params["noise_aug"]]],

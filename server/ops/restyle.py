@@ -88,17 +88,6 @@ PARAMS = (
 )
 
 
-def generation_steps(params: dict[str, Any]) -> int:
-    """k: the steps generated, all of them at strength 1."""
-    from ..core.sampling import steps_for
-
-    k = steps_for(params["strength"], params["steps"])
-    if k < 1:
-        raise InputError(f"strength {params['strength']} of {params['steps']} steps generates no step at all; "
-                         f"raise strength to at least {1 / params['steps']:.3g} or use more steps")
-    return k
-
-
 # 1. Structure ---------------------------------------------------------------------------------
 
 
@@ -165,6 +154,7 @@ class Restyler:
     def __init__(self, model: Any, controlnet: Any, params: dict[str, Any]) -> None:
         from ..core.attention import CrossFrameAttention
         from ..core.latents import vae_scale_factor
+        from ..core.sampling import strength_steps
 
         fits = (controlnet.downscale == vae_scale_factor(model.vae)
                 and all(controlnet.model.config[key] == model.unet.config[key] for key in PAIRED))
@@ -174,7 +164,7 @@ class Restyler:
                              "(kind = \"controlnet\") in the server's models file and name it in controlnet")
         self.model, self.controlnet, self.params = model, controlnet, params
         self.steps = params["steps"]
-        self.k = generation_steps(params)
+        self.k = strength_steps(params)
         self.omega = params["omega"]
         self.guidance = params["guidance"]
         self.cond = model.encode_prompt([params["prompt"]])

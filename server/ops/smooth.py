@@ -104,16 +104,6 @@ def check_loras(params: dict[str, Any], registry: Any) -> None:
                              "applies LoRAs to its video model, which takes LoRAs with applies_to = \"t2v\"")
 
 
-def inversion_depth(params: dict[str, Any]) -> int:
-    from ..core.sampling import steps_for
-
-    k = steps_for(params["strength"], params["steps"])
-    if k < 1:
-        raise InputError(f"strength {params['strength']} of {params['steps']} steps inverts no step at all; "
-                         f"raise strength to at least {1 / params['steps']:.3g} or use more steps")
-    return k
-
-
 def window_size(params: dict[str, Any], video: Any) -> int:
     """The window in frames, and an overlap that fits it."""
     size = params["window"] or video.window or DEFAULT_WINDOW
@@ -187,9 +177,11 @@ class Smoother:
     """The model-side steps for one job: embeddings, encode, mixed inversion, video stage, decode."""
 
     def __init__(self, image: Any, video: Any, params: dict[str, Any]) -> None:
+        from ..core.sampling import strength_steps
+
         self.image, self.video, self.params = image, video, params
         self.steps = params["steps"]
-        self.k = inversion_depth(params)
+        self.k = strength_steps(params)
         check_models_pair(image, video, self.steps)
         negative = [params["negative_prompt"]]
         self.image_negative = image.encode_prompt(negative)
