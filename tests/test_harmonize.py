@@ -124,9 +124,10 @@ def test_a_new_prompt_reuses_the_inversion(models, tmp_path, monkeypatch):
 
 
 def test_cancel_stops_within_a_step_and_leaves_no_partial_frame(models, tmp_path, monkeypatch):
+    unet = models.get("tiny").unet  # built into the session's cache before the job's own cache is set
     monkeypatch.setenv("CVGEN_CACHE", str(tmp_path / "cache"))  # no cached inversions: a known step count
     shot = make_shot(tmp_path / "shot", range(1, 4))
-    calls = Calls(models.get("tiny").unet)
+    calls = Calls(unet)
     state = {"steps": 0, "calls_at_cancel": None}
 
     def on_progress(p):
