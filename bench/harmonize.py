@@ -16,17 +16,13 @@ in the device's default precision (half on a GPU, float on the CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from phases import PhaseTimer, answer_child, parse_size, parser, run_child, split
 
 
 def build_sd15(folder: Path) -> None:
@@ -72,31 +68,17 @@ def write_shot(folder: Path, frames: int, width: int, height: int) -> dict[str, 
 
 def measure(args: argparse.Namespace) -> dict:
     """One run in this process: returns seconds per phase and peak memory."""
-    import torch
-
     from cvgen.protocol.jobs import JobSpec
     from cvgen.server.core.models import ModelCache, ModelRegistry
     from cvgen.server.jobs.runner import run_job
     from cvgen.server.ops import harmonize
 
-    seconds: dict[str, float] = defaultdict(float)
-
-    def timed(name: str, fn):
-        def wrapper(*a, **kw):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            out = fn(*a, **kw)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds[name] += time.perf_counter() - started
-            return out
-        return wrapper
-
+    timer = PhaseTimer(args.device)
+    timed = timer.timed
     h = harmonize.Harmonizer
     h.encode, h.decode = timed("vae", h.encode), timed("vae", h.decode)
     h.invert, h.generate = timed("inversion", h.invert), timed("generation", h.generate)
-    width, height = (int(v) for v in args.one_size.split("x"))
+    width, height = parse_size(args.one_size)
     work = Path(tempfile.mkdtemp(prefix="cvgen-bench-"))
     os.environ["CVGEN_CACHE"] = str(work / "cache")  # no inversion cache hits from earlier runs
     models_file = work / "models.toml"
@@ -106,47 +88,33 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         models_file.write_text('default = "tiny"\n')
     models = ModelCache(ModelRegistry.load(models_file))
-    models.get(models.registry.default, args.device)  # loaded before the clock starts, as in a warm server
+    models.get("", "sd", args.device)  # loaded before the clock starts, as in a warm server
     shot = write_shot(work / "shot", args.one_frames, width, height)
     spec = JobSpec("harmonize", (1, args.one_frames), shot, params={"steps": args.steps, "strength": args.strength,
                                                                     "prompt": "a photo"})
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    run_job(spec, work / "out", models=models, device=args.device)
-    total = time.perf_counter() - started
-    seconds["io_and_other"] = total - sum(seconds.values())
-    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"frames": args.one_frames, "size": args.one_size, "total_s": total,
-            "per_frame": {k: v / args.one_frames for k, v in seconds.items()}, "peak_bytes": peak}
+    return timer.measure(lambda: run_job(spec, work / "out", models=models, device=args.device), args.one_frames,
+                         args.one_size, rest="io_and_other")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", nargs="+", default=["256x256"], help="WIDTHxHEIGHT, several allowed")
-    parser.add_argument("--frames", nargs="+", type=int, default=[8, 48], help="shot lengths to compare")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--one-frames", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--one-size", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one_frames:
-        print(json.dumps(measure(args)))
+    cli = parser(__doc__, ("tiny", "sd15"))
+    cli.add_argument("--size", nargs="+", default=["256x256"], help="WIDTHxHEIGHT, several allowed")
+    cli.add_argument("--frames", nargs="+", type=int, default=[8, 48], help="shot lengths to compare")
+    cli.add_argument("--steps", type=int, default=20)
+    cli.add_argument("--strength", type=float, default=0.5)
+    args = cli.parse_args()
+    if answer_child(args, measure):
         return
     print(f"harmonize, {args.arch} architecture on {args.device}, {args.steps} steps, strength {args.strength}")
     for size in args.size:
         peaks = {}
         for frames in args.frames:
-            cmd = [sys.executable, __file__, "--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
-                   "--strength", str(args.strength), "--one-frames", str(frames), "--one-size", size]
-            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            split = ", ".join(f"{k} {v:.3f}" for k, v in result["per_frame"].items())
-            per_frame = result["total_s"] / frames
+            result = run_child(__file__, ["--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
+                                          "--strength", str(args.strength), "--one-frames", str(frames),
+                                          "--one-size", size])
+            per_frame, shares = result["total_s"] / frames, split(result["per_frame"], ordered=False)
             peaks[frames] = result["peak_bytes"]
-            print(f"  {size} x {frames:3d} frames: {per_frame:.3f} s/frame ({split}); "
+            print(f"  {size} x {frames:3d} frames: {per_frame:.3f} s/frame ({shares}); "
                   f"peak memory {result['peak_bytes'] / 2**20:.0f} MiB")
         lengths = sorted(peaks)
         print(f"  {size}: peak memory {lengths[-1]} vs {lengths[0]} frames: {peaks[lengths[-1]] / peaks[lengths[0]]:.2f}x")

@@ -17,17 +17,13 @@ model and its pictures are noise. Models run in the device's default precision (
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from phases import PhaseTimer, answer_child, compare_windows, parse_size, parser
 
 
 def build_svd(folder: Path, window: int) -> None:
@@ -79,43 +75,20 @@ def write_shot(folder: Path, frames: int, width: int, height: int) -> dict[str, 
 
 def measure(args: argparse.Namespace) -> dict:
     """One run in this process: returns seconds per phase and peak memory."""
-    import torch
-
     from cvgen.protocol.jobs import JobSpec
     from cvgen.server.core.models import ModelCache, ModelRegistry
     from cvgen.server.jobs import runner, shot as shot_module
     from cvgen.server.ops.propagate import Propagator
 
-    seconds: dict[str, float] = defaultdict(float)
-    stack: list[float] = []  # time spent in timed calls nested inside the open ones
-
-    def sync() -> None:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def timed(name: str, fn):
-        def wrapper(*a, **kw):
-            sync()
-            stack.append(0.0)
-            started = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                sync()
-                elapsed = time.perf_counter() - started
-                nested = stack.pop()
-                seconds[name] += elapsed - nested
-                if stack:
-                    stack[-1] += elapsed
-        return wrapper
-
+    timer = PhaseTimer(args.device)
+    timed = timer.timed
     p = Propagator
     p.encode_mode, p.clip_embedding = timed("vae_encode", p.encode_mode), timed("clip", p.clip_embedding)
     p.invert, p.generate = timed("inversion", p.invert), timed("generation", p.generate)
     p.decode = timed("decode", p.decode)
     shot_module.FileShot.read = timed("io", shot_module.FileShot.read)
     runner.write_exr = timed("io", runner.write_exr)
-    width, height = (int(v) for v in args.one_size.split("x"))
+    width, height = parse_size(args.one_size)
     work = Path(tempfile.mkdtemp(prefix="cvgen-bench-"))
     os.environ["CVGEN_CACHE"] = str(work / "cache")
     models_file = work / "models.toml"
@@ -129,47 +102,25 @@ def measure(args: argparse.Namespace) -> dict:
     shot = write_shot(work / "shot", args.one_frames, width, height)
     spec = JobSpec("propagate", (1, args.one_frames), shot,
                    params={"steps": args.steps, "strength": args.strength, "window": args.window})
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    runner.run_job(spec, work / "out", models=models, device=args.device)
-    total = time.perf_counter() - started
-    seconds["other"] = total - sum(seconds.values())
-    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"frames": args.one_frames, "size": args.one_size, "total_s": total,
-            "per_frame": {k: v / args.one_frames for k, v in seconds.items()}, "peak_bytes": peak}
+    return timer.measure(lambda: runner.run_job(spec, work / "out", models=models, device=args.device),
+                         args.one_frames, args.one_size)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=("tiny", "svd"), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="512x288", help="WIDTHxHEIGHT of the plate")
-    parser.add_argument("--window", type=int, default=0, help="frames per window (0: the model's own)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--strength", type=float, default=0.55)
-    parser.add_argument("--one-frames", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--one-size", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one_frames:
-        print(json.dumps(measure(args)))
+    cli = parser(__doc__, ("tiny", "svd"))
+    cli.add_argument("--size", default="512x288", help="WIDTHxHEIGHT of the plate")
+    cli.add_argument("--window", type=int, default=0, help="frames per window (0: the model's own)")
+    cli.add_argument("--steps", type=int, default=25)
+    cli.add_argument("--strength", type=float, default=0.55)
+    args = cli.parse_args()
+    if answer_child(args, measure):
         return
     window = args.window or (14 if args.arch == "svd" else 4)
     print(f"propagate, {args.arch} architecture on {args.device}, {args.size}, {window}-frame windows, "
           f"{args.steps} steps, strength {args.strength}")
-    peaks = {}
-    for windows in (1, 4):
-        frames = 1 + windows * (window - 1)  # windows share one frame
-        cmd = [sys.executable, __file__, "--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
-               "--strength", str(args.strength), "--window", str(window), "--one-frames", str(frames),
-               "--one-size", args.size]
-        result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        split = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["per_frame"].items()))
-        peaks[windows] = result["peak_bytes"]
-        print(f"  {windows} window(s), {frames:3d} frames: {result['total_s'] / frames:.3f} s/frame ({split}); "
-              f"peak memory {result['peak_bytes'] / 2**20:.0f} MiB")
-    print(f"  peak memory 4 vs 1 window(s): {peaks[4] / peaks[1]:.2f}x")
+    compare_windows(__file__, ["--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
+                               "--strength", str(args.strength), "--window", str(window)], args.size,
+                    lambda windows: 1 + windows * (window - 1))  # windows share one frame
 
 
 if __name__ == "__main__":

@@ -26,17 +26,14 @@ Prompt embeddings are random (1, 77, 768) tensors: the text encoder runs only as
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from phases import PhaseTimer, answer_child, parse_size, parser, run_child, split
 
 
 def build_sd15(device: str) -> tuple[Any, Any]:
@@ -91,8 +88,6 @@ def write_shot(folder: Path, frames: int, width: int, height: int) -> dict[str, 
 
 def measure(args: argparse.Namespace) -> dict:
     """One run in this process: returns seconds per phase, peak memory and the largest K/V cache."""
-    import torch
-
     from cvgen.protocol.jobs import JobSpec
     from cvgen.server.core import inversion_cache, latents
     from cvgen.server.core.attention import CrossFrameAttention
@@ -102,29 +97,9 @@ def measure(args: argparse.Namespace) -> dict:
     from cvgen.server.ops import structure
     from cvgen.server.ops.restyle import Restyler
 
-    seconds: dict[str, float] = defaultdict(float)
-    stack: list[float] = []  # time spent in timed calls nested inside the open ones
+    timer = PhaseTimer(args.device)
+    timed = timer.timed
     cache_peak = [0]
-
-    def sync() -> None:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def timed(name: str | Callable[..., str], fn: Callable) -> Callable:
-        def wrapper(*a, **kw):
-            sync()
-            stack.append(0.0)
-            started = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                sync()
-                elapsed = time.perf_counter() - started
-                nested = stack.pop()
-                seconds[name if isinstance(name, str) else name(*a, **kw)] += elapsed - nested
-                if stack:
-                    stack[-1] += elapsed
-        return wrapper
 
     def sampled(fn: Callable) -> Callable:
         def wrapper(self, *a, **kw):
@@ -143,7 +118,7 @@ def measure(args: argparse.Namespace) -> dict:
     CrossFrameAttention.set_step = sampled(CrossFrameAttention.set_step)
     CrossFrameAttention.end_frame = sampled(CrossFrameAttention.end_frame)
 
-    width, height = (int(v) for v in args.one_size.split("x"))
+    width, height = parse_size(args.one_size)
     work = Path(tempfile.mkdtemp(prefix="cvgen-bench-"))
     runner._cache_dir = lambda: work / "cache"  # no inversion cache hits from earlier runs; tiny models stay shared
     models_file = work / "models.toml"
@@ -168,19 +143,10 @@ def measure(args: argparse.Namespace) -> dict:
     params = {"steps": args.steps, "omega": args.omega, "strength": args.strength, "prompt": "an oil painting",
               **({"depth_model": "tiny-depth"} if args.depth == "model" else {})}
     spec = JobSpec("restyle", (1, args.one_frames), shot, params=params)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     cpu_started = time.process_time()
-    started = time.perf_counter()
-    runner.run_job(spec, work / "out", models=models, device=args.device)
-    total = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    seconds["other"] = total - sum(seconds.values())
-    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"frames": args.one_frames, "size": args.one_size, "total_s": total,
-            "per_frame": {k: v / args.one_frames for k, v in seconds.items()}, "peak_bytes": peak,
-            "cache_bytes": cache_peak[0], "cpu_s": cpu}
+    result = timer.measure(lambda: runner.run_job(spec, work / "out", models=models, device=args.device),
+                           args.one_frames, args.one_size)
+    return {**result, "cache_bytes": cache_peak[0], "cpu_s": time.process_time() - cpu_started}
 
 
 def seams(args: argparse.Namespace, warmups: list[int]) -> None:
@@ -198,7 +164,7 @@ def seams(args: argparse.Namespace, warmups: list[int]) -> None:
     from cvgen.server.jobs.store import output_name
 
     frames, chunk = 12, list(range(10, 13))
-    width, height = (int(v) for v in args.size[0].split("x"))
+    width, height = parse_size(args.size[0])
     work = Path(tempfile.mkdtemp(prefix="cvgen-bench-"))
     (work / "models.toml").write_text('default = "tiny"\ndefault_controlnet = "tiny-controlnet"\n')
     models = ModelCache(ModelRegistry.load(work / "models.toml"))
@@ -223,23 +189,18 @@ def seams(args: argparse.Namespace, warmups: list[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", nargs="+", default=["128x128"], help="WIDTHxHEIGHT, several allowed")
-    parser.add_argument("--frames", nargs="+", type=int, default=[8, 48], help="shot lengths to compare")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--omega", type=float, default=1.0)
-    parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--depth", choices=("input", "model"), default="input",
+    cli = parser(__doc__, ("tiny", "sd15"))
+    cli.add_argument("--size", nargs="+", default=["128x128"], help="WIDTHxHEIGHT, several allowed")
+    cli.add_argument("--frames", nargs="+", type=int, default=[8, 48], help="shot lengths to compare")
+    cli.add_argument("--steps", type=int, default=10)
+    cli.add_argument("--omega", type=float, default=1.0)
+    cli.add_argument("--strength", type=float, default=1.0)
+    cli.add_argument("--depth", choices=("input", "model"), default="input",
                         help="a Z pass as the depth input, or the tiny depth model's estimate of the plate")
-    parser.add_argument("--seams", type=int, nargs="*", metavar="WARMUP",
+    cli.add_argument("--seams", type=int, nargs="*", metavar="WARMUP",
                         help="instead: a farm chunk's difference from the full render for these warm-up lengths")
-    parser.add_argument("--one-frames", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--one-size", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one_frames:
-        print(json.dumps(measure(args)))
+    args = cli.parse_args()
+    if answer_child(args, measure):
         return
     if args.seams is not None:
         seams(args, args.seams or [0, 1, 2, 4, 8])
@@ -249,13 +210,12 @@ def main() -> None:
     for size in args.size:
         peaks, caches = {}, {}
         for frames in args.frames:
-            cmd = [sys.executable, __file__, "--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
-                   "--omega", str(args.omega), "--strength", str(args.strength), "--depth", args.depth,
-                   "--one-frames", str(frames), "--one-size", size]
-            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            split = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["per_frame"].items()))
+            result = run_child(__file__, ["--arch", args.arch, "--device", args.device, "--steps", str(args.steps),
+                                          "--omega", str(args.omega), "--strength", str(args.strength),
+                                          "--depth", args.depth, "--one-frames", str(frames), "--one-size", size])
             peaks[frames], caches[frames] = result["peak_bytes"], result["cache_bytes"]
-            print(f"  {size} x {frames:3d} frames: {result['total_s'] / frames:.3f} s/frame ({split}; "
+            print(f"  {size} x {frames:3d} frames: {result['total_s'] / frames:.3f} s/frame "
+                  f"({split(result['per_frame'])}; "
                   f"CPU time {result['cpu_s'] / frames:.3f} s/frame); "
                   f"peak memory {result['peak_bytes'] / 2**20:.0f} MiB, "
                   f"K/V cache {result['cache_bytes'] / 2**20:.2f} MiB")
