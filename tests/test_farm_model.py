@@ -119,9 +119,9 @@ def test_cvgen_farm_explains_a_missing_job_file_an_unknown_engine_and_an_unknown
     job.write_text(json.dumps({**data, "farm": {"engine": "tractor"}}))
     result = cvgen("farm", "opencue", str(job))
     assert result.returncode == 1 and "cvgen: error: unknown farm engine 'tractor'" in result.stderr
-    job.write_text(json.dumps({**data, "op": "restyle"}))
+    job.write_text(json.dumps({**data, "op": "relight"}))
     result = cvgen("farm", "openjd", str(job), "-o", str(tmp_path / "b"))
-    assert result.returncode == 1 and "cvgen: error: unknown op 'restyle'" in result.stderr
+    assert result.returncode == 1 and "cvgen: error: unknown op 'relight'" in result.stderr
     assert not (tmp_path / "b").exists() and "Traceback" not in result.stderr
 
 

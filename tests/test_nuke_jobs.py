@@ -112,7 +112,7 @@ def test_harmonize_takes_the_shared_prompt_and_whole_step_counts(tmp_path):
     ({"colormatch__radius": 0.0}, "colormatch radius must be between 0.002 and 1; it is 0"),
     ({"colormatch__feather": float("nan")}, "colormatch feather must be a number"),
     ({knobs.OP: "harmonize", "harmonize__steps": 2.5}, "harmonize steps must be a whole number"),
-    ({knobs.OP: "restyle"}, "op 'restyle' is not offered by this server; it offers colormatch, harmonize"),
+    ({knobs.OP: "relight"}, "op 'relight' is not offered by this server; it offers colormatch, harmonize"),
     ({knobs.SERVER: "  "}, "the server knob is empty"),
 ])
 def test_bad_knob_values_are_refused_with_the_knob_named(tmp_path, changes, words):
