@@ -117,6 +117,13 @@ def style_frame(inputs: dict[str, str], folder: Path) -> str:
     return str(folder / "style.exr")
 
 
+def depth_model(info: dict) -> str:
+    """"" (the server's default depth model) when one is configured; else the built-in `tiny-depth`, named,
+    since restyle never estimates depth with random weights unless told to."""
+    configured = any(m["kind"] == "depth" and m.get("default") and not m.get("builtin") for m in info.get("models", []))
+    return "" if configured else "tiny-depth"
+
+
 def start_server(jobs_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgen.server.cli", "serve", "--bind", "tcp://127.0.0.1:*", "--jobs-dir", str(jobs_dir)],
@@ -174,11 +181,12 @@ def run_demo(out: Path, count: int, video: Path | None = None) -> None:
                       "matte": edit_matte(inputs, out / "inputs", min(count, HARMONIZE_FRAMES))}
             render(client, "propagate", edited, min(count, HARMONIZE_FRAMES), out, {"steps": 10})
             # restyle: the plate from a prompt and a style frame, inside the fg's matte; the demo has no depth
-            # pass, so depth comes from the built-in depth model
+            # pass, so depth comes from the server's depth model, or the built-in one when none is configured
             restyled = {"plate": inputs["plate"], "matte": inputs["fg"],
                         "reference": style_frame(inputs, out / "inputs")}
             render(client, "restyle", restyled, min(count, RESTYLE_FRAMES), out,
-                   {"prompt": "an oil painting of a woman running by a river", "depth_model": "tiny-depth", "steps": 2})
+                   {"prompt": "an oil painting of a woman running by a river", "depth_model": depth_model(info),
+                    "steps": 2})
     finally:
         stop_server(proc)
     rows = []

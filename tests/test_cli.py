@@ -54,6 +54,20 @@ def test_demo_runs_through_a_real_server_and_writes_exrs_and_a_preview(tmp_path)
     assert "Depth Anything" in result.stdout, "the note says what real restyle results need"
 
 
+
+def test_the_demos_restyle_uses_a_configured_depth_model_and_names_the_builtin_otherwise(tmp_path, monkeypatch):
+    """An artist with a real depth model configured gets it in the demo; without one the demo names
+    `tiny-depth` (restyle refuses to estimate depth with random weights unless told to)."""
+    from cvgen.server.core.models import ModelRegistry, ensure_builtin
+    from cvgen.server.demo import depth_model
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+    assert depth_model({"models": ModelRegistry.load().describe()}) == "tiny-depth"
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.da]\nkind = "depth"\npath = "{ensure_builtin("depth")}"\n')
+    assert depth_model({"models": ModelRegistry.load(models).describe()}) == ""
+
 def test_protocol_package_needs_only_pyzmq_msgpack_and_numpy(server):
     """What Blender and Nuke load: no OpenImageIO, OpenColorIO, PyAV or server code may come along."""
     code = f"""
