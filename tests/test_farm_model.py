@@ -66,6 +66,18 @@ def test_defaults_come_from_the_op_and_the_command_line_wins_over_the_job_file(t
     job = farm_job(hz, load_submission(hz, {"chunk": 6, "warmup": 0, "gpus": 2, "env": {"B": "3"}}))
     assert (job.warmup, job.resources.gpus, job.chunk, job.resources.cpus) == (0, 2, 6, 8)
     assert job.env == {"A": "1", "B": "3"} and job.job_file == hz.resolve()
+    assert "2 warm-up frame(s) each;" in farm_job(hz, read_job_file(hz)).summary()
+
+
+def test_a_restyle_task_says_it_renders_the_shots_first_frame_too(tmp_path):
+    """Every restyle frame attends to the shot's first frame, so each task renders it: the TD sizing the
+    chunks should see that cost."""
+    shot = make_shot(tmp_path / "shot", range(1, 2))
+    rs = write_job_file(FarmSubmission(JobSpec("restyle", (1, 40), {"plate": shot["plate"]}), chunk=8),
+                        tmp_path / "rs.json")
+    job = farm_job(rs, read_job_file(rs))
+    assert job.anchor and job.warmup == 2
+    assert "in 5 task(s) of up to 8 frame(s), 2 warm-up frame(s) each after the shot's first frame;" in job.summary()
 
 
 def test_memory_sizes_read_as_tds_write_them():

@@ -23,6 +23,9 @@ class FarmError(CvgenError):
     """The farm, or the tool that talks to it, could not take the job."""
 
 
+#: How the summary says a task also renders the shot's first frame.
+ANCHOR = " after the shot's first frame"
+
 @dataclass(frozen=True)
 class FarmJob:
     """What a farm needs to know to run a cvgen job: everything resolved, nothing left to defaults.
@@ -38,6 +41,8 @@ class FarmJob:
     chunk: int
     warmup: int
     resources: Resources
+    #: Each task also renders the shot's first frame first (`OpSpec.anchor`).
+    anchor: bool = False
     show: str = ""
     shot: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -58,7 +63,8 @@ class FarmJob:
         needs += [f"{res.cpus} CPU(s)"] if res.cpus else []
         needs += [f"{res.memory_mib} MiB RAM"] if res.memory_mib else []
         return (f"{self.op} {self.name}: frames {first}-{last} ({count}) in {len(self.chunks())} task(s) of up to "
-                f"{self.chunk} frame(s), {self.warmup} warm-up frame(s) each; per task {', '.join(needs)}")
+                f"{self.chunk} frame(s), {self.warmup} warm-up frame(s) each"
+                f"{ANCHOR if self.anchor else ''}; per task {', '.join(needs)}")
 
 
 def render_command(cvgen: str, job_file: str, frames: str, warmup: int | str) -> list[str]:
@@ -99,6 +105,7 @@ def farm_job(path: Path, submission: FarmSubmission, cvgen: str = "cvgen") -> Fa
         chunk=last - first + 1 if op.sequential else submission.chunk,
         warmup=op.warmup if submission.warmup is None else submission.warmup,
         resources=replace(res, gpus=gpus),
+        anchor=op.anchor,
         show=submission.show,
         shot=submission.shot,
         env=dict(submission.env),

@@ -84,6 +84,9 @@ class OpSpec:
     #: Frames an op that carries state from frame to frame renders, and discards, before the first
     #: frame of a farm chunk or resumed job, so the seam does not jump; 0 for ops without such state.
     warmup: int = 0
+    #: Every frame depends on the shot's first frame too: a farm chunk or a resumed job renders it, and
+    #: discards it, before its warm-up frames (restyle's anchor).
+    anchor: bool = False
     #: Every frame depends on all frames before it (a window conditioned on the previous window's
     #: output): the farm runs the job as one task instead of chunks that would each redo the chain.
     sequential: bool = False

@@ -377,5 +377,6 @@ OP = OpSpec(
     roles=ROLES,
     run=run,
     warmup=WARMUP,
+    anchor=True,
     check_channels=check_channels,
 )
