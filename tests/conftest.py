@@ -27,6 +27,14 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         srv.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the built-in models and a test's own models file: never the user's ~/.config/cvgen/models.toml
+    or $CVGEN_MODELS."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cvgen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache folder of the test run's own (the tiny model, inverted latents), for this process

@@ -55,14 +55,12 @@ def test_demo_runs_through_a_real_server_and_writes_exrs_and_a_preview(tmp_path)
 
 
 
-def test_the_demos_restyle_uses_a_configured_depth_model_and_names_the_builtin_otherwise(tmp_path, monkeypatch):
+def test_the_demos_restyle_uses_a_configured_depth_model_and_names_the_builtin_otherwise(tmp_path, no_user_models):
     """An artist with a real depth model configured gets it in the demo; without one the demo names
     `tiny-depth` (restyle refuses to estimate depth with random weights unless told to)."""
     from cvgen.server.core.models import ModelRegistry, ensure_builtin
     from cvgen.server.demo import depth_model
 
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
     assert depth_model({"models": ModelRegistry.load().describe()}) == "tiny-depth"
     models = tmp_path / "models.toml"
     models.write_text(f'[models.da]\nkind = "depth"\npath = "{ensure_builtin("depth")}"\n')

@@ -17,10 +17,7 @@ from cvgen.server.errors import ModelNotFound
 PROMPTS = ["a red car in the rain", "", "x " * 100]  # the last is cut to 77 tokens
 
 
-@pytest.fixture(autouse=True)
-def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_user_models")
 
 
 @pytest.fixture

@@ -18,10 +18,7 @@ from cvgen.server.core.models.loading import model_bytes
 from cvgen.server.errors import ModelNotFound
 
 
-@pytest.fixture(autouse=True)
-def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_user_models")
 
 
 @pytest.fixture(scope="module")

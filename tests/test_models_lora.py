@@ -15,11 +15,7 @@ from cvgen.server.core.models.t2v import tiny_unet
 from cvgen.server.errors import ModelNotFound
 
 
-@pytest.fixture(autouse=True)
-def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the built-ins and the test's own models file: never the user's."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_user_models")
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,7 @@ from cvgen.server.errors import ModelNotFound
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the built-ins and the test's own models file: never the user's."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_user_models")
 
 
 @pytest.fixture(scope="module")

@@ -160,9 +160,7 @@ def test_a_depth_with_only_colour_channels_is_refused_naming_them(models, tmp_pa
 # 3. No depth ---------------------------------------------------------------------------------------
 
 
-def test_without_depth_or_a_depth_model_the_job_says_what_to_give(tmp_path, monkeypatch):
-    monkeypatch.delenv("CVGEN_MODELS", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.config/cvgen/models.toml
+def test_without_depth_or_a_depth_model_the_job_says_what_to_give(tmp_path, no_user_models):
     models = ModelCache(ModelRegistry.load())
     assert models.registry.source is None
     inputs = write_shot(tmp_path / "shot", 2, layout=None)
