@@ -139,8 +139,7 @@ def control_image(depth: np.ndarray, params: dict[str, Any], padding: Any, devic
     import torch.nn.functional as F
 
     grey = torch.from_numpy(np.ascontiguousarray(loosened(depth, params["structure"])))[None, None]
-    padded = F.pad(grey, (0, padding.right, 0, padding.bottom), mode="replicate") if padding.right or padding.bottom \
-        else grey
+    padded = F.pad(grey, (0, padding.right, 0, padding.bottom), mode="replicate")
     return padded.expand(1, 3, -1, -1).to(device, dtype)
 
 
@@ -185,20 +184,22 @@ class Restyler:
         xfa = self.xfa
         mixed = xfa is not None and xfa.has_anchor and self.omega < 1
 
+        prompts = torch.cat([_batched(self.uncond, 1), _batched(self.cond, 1)]) if guided else self.cond
+        rows = prompts.shape[0]
+        copies = 2 if mixed else 1  # [frame-local rows, cross-frame rows]
+        embeddings = torch.cat([prompts] * copies)
+        controls = torch.cat([control] * (rows * copies))
+        added = None
+        if self.image_embeds is not None:
+            added = {"image_embeds": [e.repeat(copies, *([1] * (e.ndim - 1))) for e in self.image_embeds]}
+
         def eps(latents: Any, t: Any) -> Any:
-            embeddings = torch.cat([_batched(self.uncond, 1), _batched(self.cond, 1)]) if guided else self.cond
-            rows = embeddings.shape[0]
-            copies = 2 if mixed else 1  # [frame-local rows, cross-frame rows]
             if xfa is not None:
                 xfa.local_rows = rows if mixed else 0
             x = torch.cat([latents] * (rows * copies))
-            embeddings = torch.cat([embeddings] * copies)
             down, mid = self.controlnet.model(
-                x, t, encoder_hidden_states=embeddings, controlnet_cond=torch.cat([control] * (rows * copies)),
+                x, t, encoder_hidden_states=embeddings, controlnet_cond=controls,
                 conditioning_scale=self.params["structure_scale"], guess_mode=False, return_dict=False)
-            added = None
-            if self.image_embeds is not None:
-                added = {"image_embeds": [e.repeat(copies, *([1] * (e.ndim - 1))) for e in self.image_embeds]}
             out = self.model.unet(x, t, encoder_hidden_states=embeddings, down_block_additional_residuals=down,
                                   mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
             if mixed:
