@@ -138,12 +138,17 @@ def _require_rgb(channels: Sequence[str], role: str) -> None:
         raise InputError(f"the {role} has no {', '.join(missing)} channel(s); it has {', '.join(channels) or 'none'}")
 
 
-def _matte_name(channels: Sequence[str]) -> str:
+def pick_channel(channels: Sequence[str], preferred: Sequence[str]) -> str | None:
+    """The channel a one-role frame is read from: its only channel, else the first of `preferred` it has."""
     if len(channels) == 1:
         return channels[0]
-    for name in MATTE_CHANNELS:
-        if name in channels:
-            return name
+    return next((name for name in preferred if name in channels), None)
+
+
+def _matte_name(channels: Sequence[str]) -> str:
+    name = pick_channel(channels, MATTE_CHANNELS)
+    if name is not None:
+        return name
     raise InputError(f"the matte has none of the channels {', '.join(MATTE_CHANNELS)}; it has {', '.join(channels)}")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .layers import pick_channel
 
 #: Channel names read as depth, in order, when a depth frame has more than one channel.
 DEPTH_CHANNELS = ("Z", "depth.Z", "V")
@@ -31,11 +32,9 @@ LOOSEST = 0.05
 
 def depth_channel(channels: Sequence[str]) -> str:
     """The channel of a depth frame to read: its only channel, else the first of `DEPTH_CHANNELS`."""
-    if len(channels) == 1:
-        return channels[0]
-    for name in DEPTH_CHANNELS:
-        if name in channels:
-            return name
+    name = pick_channel(channels, DEPTH_CHANNELS)
+    if name is not None:
+        return name
     raise InputError(f"the depth has none of the channels {', '.join(DEPTH_CHANNELS)} and more than one channel "
                      f"({', '.join(channels) or 'none'}); give a one-channel depth pass or one with a Z channel")
 
