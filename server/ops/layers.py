@@ -41,7 +41,7 @@ class Layers:
 
     @property
     def grid(self) -> tuple[slice, slice]:
-        return _grid(self.step, self.plate.height, self.plate.width)
+        return point_grid(self.step, self.plate.height, self.plate.width)
 
     def plate_rgb(self) -> np.ndarray:
         return np.stack([self.plate.channel(c)[self.grid] for c in RGB], axis=-1).astype(np.float32)
@@ -70,7 +70,7 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     step = max(1, math.ceil(max(plate.height, plate.width) / max_size)) if max_size else 1
     fg = shot.read("fg", frame).in_window(plate.data_window)
     _require_rgb(fg.channels, "fg")
-    grid = _grid(step, plate.height, plate.width)
+    grid = point_grid(step, plate.height, plate.width)
     rgb = np.stack([fg.channel(c)[grid] for c in RGB], axis=-1).astype(np.float32)
     if fg.has("A"):
         alpha = fg.channel("A")[grid].astype(np.float32)
@@ -89,7 +89,7 @@ def read_layers(shot: Shot, frame: int, max_size: int | None = None) -> Layers:
     return Layers(plate, step, rgb, matte)
 
 
-def _grid(step: int, height: int, width: int) -> tuple[slice, slice]:
+def point_grid(step: int, height: int, width: int) -> tuple[slice, slice]:
     """Every `step`-th pixel in both directions, from the middle of the first `step` x `step` block,
     or of the frame's side where that is shorter than a block (a strip of 8x8192 pixels, say),
     so every frame keeps at least one sample in each direction."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .layers import pick_channel
+from .layers import pick_channel, point_grid
 
 #: Channel names read as depth, in order, when a depth frame has more than one channel.
 DEPTH_CHANNELS = ("Z", "depth.Z", "V")
@@ -57,9 +57,9 @@ def to_inverse(depth: np.ndarray, kind: str) -> np.ndarray:
 
 
 def point_samples(a: np.ndarray, size: int = STATS_SIZE) -> np.ndarray:
-    """Every n-th pixel of (H, W) `a` in both directions, at most `size` along the long side."""
-    step = max(1, math.ceil(max(a.shape) / size))
-    return a[step // 2 :: step, step // 2 :: step] if step > 1 else a
+    """Every n-th pixel of (H, W) `a` in both directions, at most `size` along the long side (the
+    point samples `read_layers` takes: never none along a side shorter than n)."""
+    return a[point_grid(max(1, math.ceil(max(a.shape) / size)), *a.shape)]
 
 
 class ShotDepth:
