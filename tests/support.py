@@ -70,3 +70,22 @@ def make_shot(folder: Path, frames: range, size: tuple[int, int] = (48, 64), see
         write_exr(folder / f"fg.{f:04d}.exr", Image(np.dstack([fg, alpha]).astype(np.float16), ("R", "G", "B", "A")))
     return {"plate": str(folder / "plate.####.exr"), "fg": str(folder / "fg.####.exr")}
 
+
+
+def models_file(folder: Path, kind: str, path: Path, extra: str = "", name: str = "mine") -> Path:
+    """A models file naming one model `name` of `kind` at `path` (`extra`: more lines of its table)."""
+    file = folder / "models.toml"
+    file.write_text(f'[models.{name}]\nkind = "{kind}"\npath = "{path}"\n{extra}')
+    return file
+
+
+def load_error(folder: Path, kind: str, path: Path) -> str:
+    """What loading the `kind` model at `path` through a models file says: the one sentence the artist reads."""
+    import pytest
+
+    from cvgen.server.core.models import ModelRegistry, load
+    from cvgen.server.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound) as error:
+        load(ModelRegistry.load(models_file(folder, kind, path)).entry("mine", kind=kind))
+    return str(error.value)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import models_file
 
 from cvgen.server.core.models import KINDS, ModelRegistry, ensure_builtin, load
 from cvgen.server.core.models.controlnet import WEIGHTS, ControlNet, tiny_parts
@@ -42,14 +43,8 @@ def outputs(net: torch.nn.Module) -> list[torch.Tensor]:
     return [*down, mid]
 
 
-def models_file(folder: Path, name: str, path: Path) -> ModelRegistry:
-    file = folder / "models.toml"
-    file.write_text(f'[models.{name}]\nkind = "controlnet"\npath = "{path}"\n')
-    return ModelRegistry.load(file)
-
-
 def entry_for(tmp_path: Path, path: Path):
-    return models_file(tmp_path, "cn", path).entry("cn", kind="controlnet")
+    return ModelRegistry.load(models_file(tmp_path, "controlnet", path, name="cn")).entry("cn", kind="controlnet")
 
 
 def test_the_loaded_tiny_matches_the_one_built_in_memory(builtin: ControlNet) -> None:
@@ -72,7 +67,7 @@ def test_the_tiny_matches_the_tiny_sd_unet(builtin: ControlNet) -> None:
 
 def test_a_models_file_entry_loads_a_copy(tiny_folder: Path, builtin: ControlNet, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "my controlnet")
-    registry = models_file(tmp_path, "depth", copy)
+    registry = ModelRegistry.load(models_file(tmp_path, "controlnet", copy, name="depth"))
     assert registry.default_for("controlnet") == "depth"
     model = load(registry.entry("", kind="controlnet"), dtype="bfloat16")
     assert isinstance(model, ControlNet) and model.name == "depth"

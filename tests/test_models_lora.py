@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from support import load_error, models_file
 
 from cvgen.server.core.models import KINDS, ModelRegistry, ensure_builtin, load
 from cvgen.server.core.models.lora import LoraWeights, applied, tiny_lora
@@ -33,14 +34,8 @@ def t2v_lora() -> LoraWeights:
     return load(ModelRegistry.load().entry("tiny-lora"))
 
 
-def models_file(folder: Path, path: Path, extra: str = "", name: str = "mine") -> Path:
-    file = folder / "models.toml"
-    file.write_text(f'[models.{name}]\nkind = "lora"\npath = "{path}"\n{extra}')
-    return file
-
-
 def load_lora(tmp_path: Path, path: Path, extra: str = "") -> LoraWeights:
-    return load(ModelRegistry.load(models_file(tmp_path, path, extra)).entry("mine", kind="lora"))
+    return load(ModelRegistry.load(models_file(tmp_path, "lora", path, extra)).entry("mine", kind="lora"))
 
 
 def save_lora(layers: dict[str, torch.Tensor], folder: Path) -> Path:
@@ -192,35 +187,29 @@ def test_a_lora_whose_layers_do_not_fit_the_unet_is_refused_naming_its_file(sd, 
 
 def test_an_unknown_applies_to_is_refused_when_the_models_file_is_read(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="applies_to 'svd' is not one of sd, t2v"):
-        ModelRegistry.load(models_file(tmp_path, tmp_path / "x.safetensors", 'applies_to = "svd"\n'))
-
-
-def broken(tmp_path: Path, path: Path) -> str:
-    with pytest.raises(ModelNotFound) as error:
-        load_lora(tmp_path, path)
-    return str(error.value)
+        ModelRegistry.load(models_file(tmp_path, "lora", tmp_path / "x.safetensors", 'applies_to = "svd"\n'))
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    message = broken(tmp_path, tmp_path / "nowhere.safetensors")
+    message = load_error(tmp_path, "lora", tmp_path / "nowhere.safetensors")
     assert str(tmp_path / "nowhere.safetensors") in message and "does not exist" in message
 
 
 def test_a_pickle_is_refused(tmp_path: Path) -> None:
     shutil.copy(ensure_builtin("lora") / "lora.safetensors", tmp_path / "lora.bin")
-    message = broken(tmp_path, tmp_path / "lora.bin")
+    message = load_error(tmp_path, "lora", tmp_path / "lora.bin")
     assert str(tmp_path / "lora.bin") in message and "pickle" in message
 
 
 def test_a_safetensors_file_without_lora_layers_is_named(tmp_path: Path) -> None:
     save_file({"conv_in.weight": torch.zeros(2, 2)}, tmp_path / "weights.safetensors")
-    message = broken(tmp_path, tmp_path / "weights.safetensors")
+    message = load_error(tmp_path, "lora", tmp_path / "weights.safetensors")
     assert str(tmp_path / "weights.safetensors") in message and "holds no LoRA layers" in message
 
 
 def test_a_stable_diffusion_folder_is_named_as_such(tmp_path: Path) -> None:
     sd_folder = ensure_builtin("sd")
-    message = broken(tmp_path, sd_folder)
+    message = load_error(tmp_path, "lora", sd_folder)
     assert str(sd_folder) in message and 'it is a folder, not a .safetensors file; it looks like a Stable Diffusion' \
         in message
 

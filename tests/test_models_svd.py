@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import load_error, models_file
 
 from cvgen.server.core.models import KINDS, ModelRegistry, ensure_builtin, load
 from cvgen.server.core.models.svd import SVDModel, tiny_parts
@@ -28,12 +29,6 @@ def tiny_folder() -> Path:
 @pytest.fixture(scope="module")
 def loaded(tiny_folder: Path) -> SVDModel:
     return load(ModelRegistry.load().entry("tiny-svd"))
-
-
-def models_file(folder: Path, path: Path, name: str = "mine") -> Path:
-    file = folder / "models.toml"
-    file.write_text(f'[models.{name}]\nkind = "svd"\npath = "{path}"\n')
-    return file
 
 
 def unet_output(unet: torch.nn.Module) -> torch.Tensor:
@@ -92,45 +87,39 @@ def test_diffusers_pipeline_gives_the_same_latents_on_the_loaded_and_the_in_memo
 def test_a_models_file_entry_for_a_copy_loads_the_same_weights(loaded: SVDModel, tiny_folder: Path,
                                                                tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "svd-copy")
-    model = load(ModelRegistry.load(models_file(tmp_path, copy)).entry("mine", kind="svd"))
+    model = load(ModelRegistry.load(models_file(tmp_path, "svd", copy)).entry("mine", kind="svd"))
     assert isinstance(model, SVDModel) and model.name == "mine" and model.window == 4
     assert torch.equal(unet_output(model.unet), unet_output(loaded.unet))
     assert model.fingerprint == loaded.fingerprint
     assert "one UNet step on 2 frames" in KINDS["svd"].probe(model)
 
 
-def broken(tmp_path: Path, path: Path) -> str:
-    with pytest.raises(ModelNotFound) as error:
-        load(ModelRegistry.load(models_file(tmp_path, path)).entry("mine"))
-    return str(error.value)
-
-
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
-    message = broken(tmp_path, tmp_path / "nowhere")
+    message = load_error(tmp_path, "svd", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in message and "does not exist" in message
 
 
 def test_a_missing_part_is_named(tiny_folder: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "svd")
     shutil.rmtree(copy / "feature_extractor")
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "svd", copy)
     assert str(copy) in message and "lacks feature_extractor/" in message
     shutil.copytree(tiny_folder / "feature_extractor", copy / "feature_extractor")
     (copy / "image_encoder" / "config.json").unlink()
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "svd", copy)
     assert str(copy / "image_encoder") in message and "lacks config.json" in message
 
 
 def test_pickled_weights_are_refused(tiny_folder: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "svd")
     (copy / UNET_WEIGHTS).rename(copy / "unet" / "diffusion_pytorch_model.bin")
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "svd", copy)
     assert str(copy / "unet") in message and "pickle" in message
 
 
 def test_a_stable_diffusion_folder_is_named_as_such(tmp_path: Path) -> None:
     sd = ensure_builtin("sd")
-    message = broken(tmp_path, sd)
+    message = load_error(tmp_path, "svd", sd)
     assert str(sd) in message and 'looks like a Stable Diffusion model (kind = "sd")' in message
 
 

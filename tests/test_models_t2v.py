@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import load_error, models_file
 
 from cvgen.server.core.models import KINDS, ModelRegistry, ensure_builtin, load
 from cvgen.server.core.models.t2v import T2VModel, tiny_unet
@@ -27,12 +28,6 @@ def tiny_folder() -> Path:
 @pytest.fixture(scope="module")
 def loaded(tiny_folder: Path) -> T2VModel:
     return load(ModelRegistry.load().entry("tiny-t2v"))
-
-
-def models_file(folder: Path, path: Path, name: str = "mine") -> Path:
-    file = folder / "models.toml"
-    file.write_text(f'[models.{name}]\nkind = "t2v"\npath = "{path}"\n')
-    return file
 
 
 def unet_output(unet: torch.nn.Module) -> torch.Tensor:
@@ -84,7 +79,7 @@ def test_diffusers_pipeline_gives_the_same_latents_on_the_loaded_and_the_in_memo
 def test_a_models_file_entry_for_a_copy_loads_the_same_weights(loaded: T2VModel, tiny_folder: Path,
                                                                tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "t2v-copy")
-    model = load(ModelRegistry.load(models_file(tmp_path, copy)).entry("mine", kind="t2v"))
+    model = load(ModelRegistry.load(models_file(tmp_path, "t2v", copy)).entry("mine", kind="t2v"))
     assert isinstance(model, T2VModel) and model.name == "mine"
     assert torch.equal(unet_output(model.unet), unet_output(loaded.unet))
     assert "one UNet step on 2 frames" in KINDS["t2v"].probe(model)
@@ -94,41 +89,35 @@ def test_window_comes_from_the_unet_config_when_it_says(tiny_folder: Path, tmp_p
     copy = shutil.copytree(tiny_folder, tmp_path / "t2v-24")
     config = json.loads((copy / "unet" / "config.json").read_text())
     (copy / "unet" / "config.json").write_text(json.dumps({**config, "num_frames": 24}))
-    assert load(ModelRegistry.load(models_file(tmp_path, copy)).entry("mine")).window == 24
-
-
-def broken(tmp_path: Path, path: Path) -> str:
-    with pytest.raises(ModelNotFound) as error:
-        load(ModelRegistry.load(models_file(tmp_path, path)).entry("mine"))
-    return str(error.value)
+    assert load(ModelRegistry.load(models_file(tmp_path, "t2v", copy)).entry("mine")).window == 24
 
 
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
-    message = broken(tmp_path, tmp_path / "nowhere")
+    message = load_error(tmp_path, "t2v", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in message and "does not exist" in message
 
 
 def test_a_missing_part_is_named(tiny_folder: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "t2v")
     shutil.rmtree(copy / "tokenizer")
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "t2v", copy)
     assert str(copy) in message and "lacks tokenizer/" in message
     shutil.copytree(tiny_folder / "tokenizer", copy / "tokenizer")
     (copy / "vae" / "diffusion_pytorch_model.safetensors").unlink()
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "t2v", copy)
     assert str(copy / "vae") in message and "no .safetensors weights" in message
 
 
 def test_pickled_weights_are_refused(tiny_folder: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(tiny_folder, tmp_path / "t2v")
     (copy / UNET_WEIGHTS).rename(copy / "unet" / "diffusion_pytorch_model.bin")
-    message = broken(tmp_path, copy)
+    message = load_error(tmp_path, "t2v", copy)
     assert str(copy / "unet") in message and "pickle" in message
 
 
 def test_a_stable_diffusion_folder_is_named_as_such(tmp_path: Path) -> None:
     sd = ensure_builtin("sd")
-    message = broken(tmp_path, sd)
+    message = load_error(tmp_path, "t2v", sd)
     assert str(sd) in message and "is a UNet2DConditionModel, not a UNet3DConditionModel" in message
     assert 'looks like a Stable Diffusion model (kind = "sd")' in message
 
