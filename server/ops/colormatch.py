@@ -48,7 +48,7 @@ from cvgen.protocol.images import Image
 
 from ..io.color import ColorTransform
 from .base import OpContext, OpSpec, Param, Role, Shot
-from .layers import REACH, Layers, check_layer_channels, blur, feathered, over_plate, read_layers
+from .layers import FG_ROLE, MATTE_ROLE, REACH, Layers, check_layer_channels, blur, feathered, over_plate, read_layers
 
 LOG_SPACE = "ACEScct"
 #: The scene-linear space `LOG_SPACE` is a curve of (same primaries). Its curve is applied to the
@@ -285,10 +285,8 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
 ROLES = (
     Role("plate", "Plate", "sequence", True, ("R", "G", "B"),
          "The background whose colour and light the foreground is matched to; kept bit for bit outside the matte"),
-    Role("fg", "Foreground", "sequence", True, ("R", "G", "B", "A"),
-         "The foreground, premultiplied by its alpha A when it has one; A is the matte when none is given"),
-    Role("matte", "Matte", "sequence", False, ("A",),
-         "Where the op works: the first of A, Y, R or matte it has; the fg's alpha when not given"),
+    FG_ROLE,
+    MATTE_ROLE,
 )
 
 OP = OpSpec(

@@ -45,7 +45,7 @@ from cvgen.protocol.images import Image
 from ..errors import InputError
 from ..core.highlights import PARAM as HIGHLIGHTS, ModelColor
 from .base import OpContext, OpSpec, Param, Role, Shot
-from .layers import Layers, check_layer_channels, feathered, over_plate, read_layers
+from .layers import FG_ROLE, MATTE_ROLE, Layers, check_layer_channels, feathered, over_plate, read_layers
 
 StepFn = Callable[[int, int], None]
 
@@ -240,10 +240,8 @@ def run(shot: Shot, params: dict[str, Any], ctx: OpContext) -> Iterator[tuple[in
 ROLES = (
     Role("plate", "Plate", "sequence", True, ("R", "G", "B"),
          "The background the foreground is made to belong in; kept bit for bit outside the matte"),
-    Role("fg", "Foreground", "sequence", True, ("R", "G", "B", "A"),
-         "The foreground, premultiplied by its alpha A when it has one; A is the matte when none is given"),
-    Role("matte", "Matte", "sequence", False, ("A",),
-         "Where the op works: the first of A, Y, R or matte it has; the fg's alpha when not given"),
+    FG_ROLE,
+    MATTE_ROLE,
 )
 
 OP = OpSpec(

@@ -18,13 +18,20 @@ import numpy as np
 from cvgen.protocol.images import Image
 
 from ..errors import InputError
-from .base import Shot
+from .base import Role, Shot
 
 #: Gaussian taps reach this many sigmas.
 REACH = 3.0
 #: Channels tried, in order, for the matte of a multi-channel `matte` input.
 MATTE_CHANNELS = ("A", "Y", "R", "matte")
 RGB = ("R", "G", "B")
+
+
+#: The foreground and matte roles of ops that read `read_layers` (its rules, told to the artist).
+FG_ROLE = Role("fg", "Foreground", "sequence", True, ("R", "G", "B", "A"),
+               "The foreground, premultiplied by its alpha A when it has one; A is the matte when none is given")
+MATTE_ROLE = Role("matte", "Matte", "sequence", False, ("A",),
+                  "Where the op works: the first of A, Y, R or matte it has; the fg's alpha when not given")
 
 
 @dataclass(frozen=True)
