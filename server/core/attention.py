@@ -364,7 +364,9 @@ def _appended(
     return torch.cat([key, extension.key], dim=1), torch.cat([value, extension.value], dim=1), mask
 
 
-def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(
+    attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """`AttnProcessor2_0`'s multi-head scaled dot-product attention on (B, L, C) projections."""
     batch_size = query.shape[0]
     head_dim = key.shape[-1] // attn.heads

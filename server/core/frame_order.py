@@ -19,8 +19,8 @@ def with_warmup(frames: Sequence[int], todo: Collection[int], warmup: int, ancho
     order: list[int] = [frames[0]] if anchor and frames else []
     for index, frame in enumerate(frames):
         if frame in wanted:
-            order += [f for f in frames[max(0, index - warmup) : index] if f not in order[-warmup:] and f not in order[:1]]
-            if frame not in order[:1]:
+            order += [f for f in frames[max(0, index - warmup) : index] if f not in order[-warmup:]]
+            if frame not in order[:1]:  # the anchor, already first
                 order.append(frame)
     return order
 
