@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -116,3 +117,10 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor, padding: Padding) -> torch
     with torch.no_grad(), _tiling(vae, tiled):
         images = vae.decode(z, return_dict=False)[0]
     return crop(images, padding).float()
+
+
+def decode_frame(vae: AutoencoderKL, latent: torch.Tensor, padding: Padding) -> np.ndarray:
+    """One frame's (1, C, h, w) latent as (H, W, 3) float32 in [0, 1], the model's display-referred
+    space, on the CPU: what ops convert back to the shot's scene-linear space."""
+    images = decode(vae, latent, padding)
+    return ((images[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)

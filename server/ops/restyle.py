@@ -245,10 +245,9 @@ class Restyler:
 
     def decode(self, z: Any, padding: Any) -> np.ndarray:
         """(H, W, 3) in [0, 1], the model's display-referred space."""
-        from ..core.latents import decode
+        from ..core.latents import decode_frame
 
-        images = decode(self.model.vae, z, padding)
-        return ((images[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)
+        return decode_frame(self.model.vae, z, padding)
 
 
 def reference_image(shot: Shot, frame: int, color: ModelColor) -> Any:

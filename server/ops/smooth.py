@@ -220,10 +220,9 @@ class Smoother:
 
     def decode(self, z: Any, padding: Any) -> np.ndarray:
         """(H, W, 3) in [0, 1], the model's display space, from one frame's (1, C, h, w) latent."""
-        from ..core.latents import decode
+        from ..core.latents import decode_frame
 
-        images = decode(self.image.vae, z, padding)
-        return ((images[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)
+        return decode_frame(self.image.vae, z, padding)
 
 
 def check_models_pair(image: Any, video: Any, steps: int) -> None:
