@@ -24,6 +24,7 @@ from cvgen.server.jobs.runner import run_job
 from cvgen.server.jobs.shot import FileShot
 from cvgen.server.ops.base import OpContext
 from cvgen.server.ops.restyle import OP, control_image, shot_depth
+from cvgen.server.ops.structure import STATS_SIZE, ShotDepth
 
 FAST = {"steps": 2, "prompt": "a stone statue"}
 SIZE = (32, 48)
@@ -280,3 +281,11 @@ def test_cvgen_render_renders_a_restyle_job_file_like_the_server(moving, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "rendered 2 frame(s)" in result.stdout
     assert same({f: read_exr(tmp_path / "out" / f"r.{f:04d}.exr") for f in (1, 2)}, {f: full[f] for f in (1, 2)})
+
+
+def test_a_strip_of_depth_narrower_than_the_sampling_step_still_counts_in_the_shots_statistics():
+    """A 2-pixel-high strip of a wide frame is sampled every few pixels along both sides: a grid that
+    started half a step in would have taken no row at all and left the shot without statistics."""
+    strip = np.tile(np.linspace(1.0, 9.0, 4 * STATS_SIZE, dtype=np.float32), (2, 1))
+    depth = ShotDepth([1], lambda frame: strip)
+    assert 1.0 <= depth.low < 1.2 and 8.8 < depth.high <= 9.0
